@@ -1,0 +1,236 @@
+"""One branch cleanup: look again, gather the facts, plan with the rules, delete exactly the owned tags.
+
+The web side only passed plain values from the delivery; here the worker asks GitLab
+what is true now (is the branch really gone? does another merge request still use it?)
+before a single tag is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import redis
+
+from workers import history, rules
+from workers.gitlab import AuthError, GitLab, GitLabError, NotFound
+from workers.report import Report
+from workers.settings import Settings
+
+log = logging.getLogger("tagsweeper.cleanup")
+
+TRIGGERS = ("merge", "branch_deleted", "manual")
+MAX_MERGE_REQUESTS = 20  # older merge requests of a re-used branch name add little
+
+
+class CleanupError(Exception):
+    """A cleanup that cannot run as asked (bad arguments); retrying will not help."""
+
+
+class CleanupIncomplete(Exception):
+    """Some deletions failed for a transient reason; the job is retried and finishes them."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to clean, as plain values (the job's keyword arguments)."""
+
+    project_id: int | str
+    branch: str
+    trigger: str
+    shas: tuple[str, ...] = ()
+    project_path: str | None = None
+    mr_iid: int | None = None
+    target_project_id: int | None = None
+    target_branch: str | None = None
+    default_branch: str | None = None
+    delivery: str | None = None
+    force: bool = False
+
+    def validate(self) -> "Request":
+        try:
+            rules.check_branch_name(self.branch)
+        except rules.RuleError as exc:
+            raise CleanupError(str(exc)) from None
+        if self.trigger not in TRIGGERS:
+            raise CleanupError(f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}")
+        if isinstance(self.project_id, bool) or not isinstance(self.project_id, (int, str)) \
+                or (isinstance(self.project_id, str) and not self.project_id.strip()):
+            raise CleanupError("project must be a numeric id or a path like group/project")
+        if self.mr_iid is not None and (isinstance(self.mr_iid, bool) or not isinstance(self.mr_iid, int)):
+            raise CleanupError("mr_iid must be an integer")
+        return self
+
+
+@dataclass
+class Context:
+    gitlab: GitLab
+    conn: redis.Redis
+    settings: Settings
+    dry_run: bool
+    project: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.project["id"]
+
+
+def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settings,
+        dry_run: bool | None = None) -> dict:
+    """Run one cleanup and return its report (a JSON-able dict).
+
+    Raises CleanupIncomplete when some deletions failed transiently, GitLabError when
+    GitLab could not be asked at all, CleanupError for arguments that can never work.
+    """
+    request.validate()
+    ctx = Context(gitlab, conn, settings, settings.dry_run if dry_run is None else dry_run)
+    report = Report(request.project_id, request.branch, request.trigger, ctx.dry_run, request.delivery,
+                    request.project_path)
+    try:
+        ctx.project = gitlab.project(request.project_id)
+    except NotFound:
+        raise CleanupError(f"project {request.project_id!r} not found (or GITLAB_TOKEN cannot see it)") from None
+    report.project_id = ctx.pid
+    report.project_path = ctx.project.get("path_with_namespace") or request.project_path
+
+    reason = look_again(ctx, request)
+    if reason:
+        report.skip(reason)
+        return report.as_dict()
+
+    facts = gather(ctx, request)
+    decisions = rules.plan(facts, settings.policy)
+    for d in decisions:
+        if not d.delete:
+            report.add("kept", d.tag, d.reason)
+    doomed = [d for d in decisions if d.delete]
+    repositories = list(gitlab.registry_repositories(ctx.pid))
+    report.repositories = [r.get("path") or str(r.get("id")) for r in repositories]
+    if doomed and repositories:
+        delete_all(ctx, report, repositories, doomed)
+
+    result = report.as_dict()
+    failures = report.failures()
+    if failures:
+        first = failures[0]
+        raise CleanupIncomplete(
+            f"{len(failures)} tag deletion(s) failed, e.g. {first['repository']}:{first['tag']}: "
+            f"{first['reason']}; the job is retried and deletes what is left", result)
+    return result
+
+
+def look_again(ctx: Context, request: Request) -> str | None:
+    """Ask GitLab whether the cleanup still makes sense; return why not, or None."""
+    gl, branch = ctx.gitlab, request.branch
+    live = gl.branch(ctx.pid, branch)
+    if request.trigger == "branch_deleted" and live:
+        return f"branch {branch!r} exists again"
+    if request.trigger == "manual" and live and not request.force:
+        return f"branch {branch!r} still exists: its images are in use (use --force to clean it anyway)"
+    if live and live.get("protected") and not request.force:
+        return f"branch {branch!r} is protected and still exists"
+    if branch == ctx.project.get("default_branch"):
+        return f"branch {branch!r} is the project's default branch"
+    if request.trigger == "merge":
+        target = request.target_project_id or ctx.pid
+        projects = [target] + ([ctx.pid] if ctx.pid != target else [])
+        for project in projects:
+            for mr in gl.merge_requests(project, state="opened", source_branch=branch):
+                if mr.get("source_project_id", ctx.pid) == ctx.pid and mr.get("iid") != request.mr_iid:
+                    return f"open merge request !{mr.get('iid')} still uses branch {branch!r}"
+    return None
+
+
+def gather(ctx: Context, request: Request) -> rules.Facts:
+    """Collect, as plain values, everything the rules need to know."""
+    gl, pid, branch = ctx.gitlab, ctx.pid, request.branch
+    live_branches = {b["name"]: (b.get("commit") or {}).get("id", "") for b in gl.branches(pid)}
+    live_branches.pop(branch, None)
+    live_tags = {t["name"]: (t.get("commit") or {}).get("id") or t.get("target", "") for t in gl.git_tags(pid)}
+
+    pinned: dict[str, str] = {}
+    default = ctx.project.get("default_branch") or request.default_branch
+    if default and default in live_branches:
+        pinned[live_branches[default]] = f"commit is the head of the default branch {default!r}"
+    target_pid = request.target_project_id or pid
+    if request.target_branch:
+        if target_pid == pid:
+            head = live_branches.get(request.target_branch)
+        else:
+            head = ((gl.branch(target_pid, request.target_branch) or {}).get("commit") or {}).get("id")
+        if head:
+            pinned.setdefault(head, f"commit is the head of the target branch {request.target_branch!r}")
+
+    shas = {s for s in request.shas if rules.is_sha(s)}
+    shas.update(history.branch_shas(ctx.conn, project_id=pid, branch=branch))
+    shas.update(merge_request_shas(ctx, request, target_pid))
+    other_refs = history.refs_of(ctx.conn, project_id=pid, shas=sorted(shas))
+    return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
+                       live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
+                       other_refs=other_refs)
+
+
+def merge_request_shas(ctx: Context, request: Request, target_pid: int | str) -> set[str]:
+    """Commits of the branch's merge requests: the merged one, or every one it was the source of."""
+    gl = ctx.gitlab
+    if request.mr_iid is not None:
+        mrs = [(target_pid, request.mr_iid)]
+    else:
+        mrs = []
+        for mr in gl.merge_requests(ctx.pid, state="all", source_branch=request.branch):
+            if mr.get("source_project_id", ctx.pid) == ctx.pid:
+                mrs.append((ctx.pid, mr["iid"]))
+            if len(mrs) >= MAX_MERGE_REQUESTS:
+                break
+    shas: set[str] = set()
+    for project, iid in mrs:
+        try:
+            shas.update(c.get("id", "") for c in gl.merge_request_commits(project, iid))
+        except NotFound:
+            log.info("merge request not found", extra={"project_id": project, "mr_iid": iid})
+    return {s for s in shas if rules.is_sha(s)}
+
+
+def delete_all(ctx: Context, report: Report, repositories: Iterable[dict],
+               doomed: list[rules.Decision]) -> None:
+    """Delete (or, in a dry run, look up) every doomed tag in every repository, a few at a time."""
+    jobs = [(repo, d) for repo in repositories for d in doomed]
+
+    def one(item: tuple[dict, rules.Decision]) -> None:
+        repo, decision = item
+        path = repo.get("path") or str(repo.get("id"))
+        try:
+            if ctx.dry_run:
+                found = ctx.gitlab.registry_tag(ctx.pid, repo["id"], decision.tag)
+                if found:
+                    report.add("would_delete", decision.tag, decision.reason, path, found.get("digest"))
+                else:
+                    report.add("absent", decision.tag, "no such tag in this repository", path)
+                return
+            outcome = ctx.gitlab.delete_registry_tag(ctx.pid, repo["id"], decision.tag)
+        except AuthError:
+            raise  # a refused token fails the whole job at once: retrying won't fix it
+        except GitLabError as exc:
+            report.add("failed", decision.tag, str(exc), path)
+            return
+        if outcome == "deleted":
+            report.add("deleted", decision.tag, decision.reason, path)
+        elif outcome == "absent":
+            report.add("absent", decision.tag, "no such tag in this repository", path)
+        else:
+            report.add("kept", decision.tag, "GitLab refused the delete (403): a protection rule covers it",
+                       path)
+
+    workers = max(1, min(ctx.settings.delete_concurrency, len(jobs)))
+    if workers == 1:
+        for item in jobs:
+            one(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delete") as pool:
+        list(pool.map(one, jobs))

@@ -1,0 +1,228 @@
+"""The GitLab REST API client: one request path, one small exception tree, a timeout on every call.
+
+Transient answers (429, 5xx, dropped connections, timeouts) are retried here with
+exponential backoff that honours `Retry-After`; what still fails raises
+`TransientError`, and the job's own RQ retry takes over from there.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable, Iterator
+from urllib.parse import quote
+
+import requests
+
+log = logging.getLogger("tagsweeper.gitlab")
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class GitLabError(Exception):
+    """Base of every error talking to GitLab."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(GitLabError):
+    """The token was refused (401) or lacks a permission (403 on something other than a tag)."""
+
+
+class NotFound(GitLabError):
+    """404: the project, branch, repository or tag does not exist (or the token cannot see it)."""
+
+
+class Forbidden(GitLabError):
+    """403 where GitLab means 'not allowed for this object' (a protected tag rule)."""
+
+
+class TransientError(GitLabError):
+    """GitLab kept answering 429/5xx or did not answer; worth retrying later."""
+
+
+class BadResponse(GitLabError):
+    """An answer the client cannot use (unexpected status or not JSON)."""
+
+
+def encode(value: str | int) -> str:
+    """A path segment: ids as they are, paths and names fully percent-encoded ('/' too)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return quote(str(value), safe="")
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse Retry-After (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class GitLab:
+    """A thin client of GitLab's REST API v4."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, attempts: int = 4,
+                 backoff: float = 0.5, max_wait: float = 60.0, pool_size: int = 10,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.api = url.rstrip("/") + "/api/v4"
+        self.timeout = (min(10.0, timeout), timeout)  # (connect, read)
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_wait = max_wait
+        self._sleep = sleep
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"PRIVATE-TOKEN": token, "User-Agent": "tagsweeper"})
+        self._lock = threading.Lock()
+        self.calls: dict[int | str, int] = {}  # status (or error name) -> count, for reports
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _count(self, key: int | str) -> None:
+        with self._lock:
+            self.calls[key] = self.calls.get(key, 0) + 1
+
+    def request(self, method: str, path: str, *, params: dict | None = None,
+                json: Any = None) -> requests.Response:
+        """Send one request, retrying transient failures; return the response of a 2xx/404/403."""
+        url = self.api + path
+        what = f"{method} {path}"
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            try:
+                response = self.session.request(method, url, params=params, json=json, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                self._count(type(exc).__name__)
+                last = f"{type(exc).__name__}"
+                log.warning("gitlab call failed", extra={"call": what, "error": last, "attempt": attempt})
+            else:
+                self._count(response.status_code)
+                response.attempts = attempt  # type: ignore[attr-defined]
+                status = response.status_code
+                if status not in TRANSIENT_STATUSES:
+                    return self._check(response, what)
+                last = f"HTTP {status}"
+                hinted = retry_after_seconds(response.headers.get("Retry-After"))
+                if hinted is not None:
+                    if hinted > self.max_wait:
+                        raise TransientError(
+                            f"{what}: GitLab asked to retry after {hinted:.0f}s (HTTP {status})", status)
+                    wait = hinted
+                log.warning("gitlab call failed", extra={"call": what, "error": last, "attempt": attempt})
+            if attempt < self.attempts:
+                self._sleep(wait)
+        raise TransientError(f"{what}: still failing after {self.attempts} attempts ({last})")
+
+    def _check(self, response: requests.Response, what: str) -> requests.Response:
+        status = response.status_code
+        if status < 300 or status in (403, 404):
+            return response
+        if status == 401:
+            raise AuthError(f"{what}: GitLab refused GITLAB_TOKEN (401): check that it is valid, "
+                            "not expired, and has the api scope", status)
+        raise BadResponse(f"{what}: unexpected HTTP {status}: {_message(response)}", status)
+
+    def get(self, path: str, params: dict | None = None) -> Any:
+        response = self.request("GET", path, params=params)
+        if response.status_code == 404:
+            raise NotFound(f"GET {path}: {_message(response)}", 404)
+        if response.status_code == 403:
+            raise AuthError(f"GET {path}: forbidden (403): the token's user lacks access: "
+                            f"{_message(response)}", 403)
+        return _json(response, path)
+
+    def paginate(self, path: str, params: dict | None = None, per_page: int = 100) -> Iterator[dict]:
+        """Yield every item of a list endpoint, page by page (X-Next-Page), never all at once."""
+        query = dict(params or {}, per_page=per_page, page=1)
+        while True:
+            response = self.request("GET", path, params=query)
+            if response.status_code == 404:
+                raise NotFound(f"GET {path}: {_message(response)}", 404)
+            if response.status_code == 403:
+                raise AuthError(f"GET {path}: forbidden (403): {_message(response)}", 403)
+            items = _json(response, path)
+            if not isinstance(items, list):
+                raise BadResponse(f"GET {path}: expected a list")
+            yield from items
+            next_page = response.headers.get("X-Next-Page", "").strip()
+            if not next_page or not items:
+                return
+            query["page"] = int(next_page)
+
+    # The endpoints the service uses.
+
+    def project(self, project: int | str) -> dict:
+        return self.get(f"/projects/{encode(project)}")
+
+    def branch(self, project: int | str, branch: str) -> dict | None:
+        try:
+            return self.get(f"/projects/{encode(project)}/repository/branches/{encode(branch)}")
+        except NotFound:
+            return None
+
+    def branches(self, project: int | str) -> Iterator[dict]:
+        return self.paginate(f"/projects/{encode(project)}/repository/branches")
+
+    def git_tags(self, project: int | str) -> Iterator[dict]:
+        return self.paginate(f"/projects/{encode(project)}/repository/tags")
+
+    def merge_requests(self, project: int | str, **params: Any) -> Iterator[dict]:
+        return self.paginate(f"/projects/{encode(project)}/merge_requests", params)
+
+    def merge_request_commits(self, project: int | str, iid: int) -> Iterator[dict]:
+        return self.paginate(f"/projects/{encode(project)}/merge_requests/{int(iid)}/commits")
+
+    def registry_repositories(self, project: int | str) -> Iterator[dict]:
+        return self.paginate(f"/projects/{encode(project)}/registry/repositories")
+
+    def registry_tag(self, project: int | str, repository_id: int, tag: str) -> dict | None:
+        try:
+            return self.get(f"/projects/{encode(project)}/registry/repositories/"
+                            f"{int(repository_id)}/tags/{encode(tag)}")
+        except NotFound:
+            return None
+
+    def delete_registry_tag(self, project: int | str, repository_id: int, tag: str) -> str:
+        """Delete exactly one tag. Returns 'deleted', 'absent' or 'forbidden' (a protection rule)."""
+        path = f"/projects/{encode(project)}/registry/repositories/{int(repository_id)}/tags/{encode(tag)}"
+        response = self.request("DELETE", path)
+        if response.status_code == 404:
+            # After a failed attempt, a 404 means our earlier request did the deletion.
+            return "deleted" if getattr(response, "attempts", 1) > 1 else "absent"
+        if response.status_code == 403:
+            return "forbidden"
+        return "deleted"
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text or "").strip()[:200] or response.reason or ""
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)[:200]
+    return str(body)[:200]
+
+
+def _json(response: requests.Response, path: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise BadResponse(f"GET {path}: GitLab answered HTTP {response.status_code} with no JSON") from None

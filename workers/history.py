@@ -1,0 +1,63 @@
+"""What pipelines built: which commit SHAs ran on which ref, remembered in Redis with bounds.
+
+Two views of the same facts, both with a TTL so they fade out:
+- per ref (a sorted set, newest last, capped): the SHAs a branch's pipelines built;
+- per SHA (a set): every ref ("branch:NAME" or "tag:NAME") a pipeline built it on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import redis
+
+PREFIX = "tagsweeper:history"
+
+
+def _ref_key(project_id: int, kind: str, ref: str) -> str:
+    return f"{PREFIX}:ref:{int(project_id)}:{kind}:{ref}"
+
+
+def _sha_key(project_id: int, sha: str) -> str:
+    return f"{PREFIX}:sha:{int(project_id)}:{sha}"
+
+
+def ref_label(ref: str, tag: bool) -> str:
+    return f"{'tag' if tag else 'branch'}:{ref}"
+
+
+def record(conn: redis.Redis, *, project_id: int, ref: str, sha: str, tag: bool,
+           ttl_days: int, cap: int, now: float | None = None) -> None:
+    """Remember that a pipeline built `sha` on `ref` (one round trip)."""
+    now = time.time() if now is None else now
+    ttl = int(ttl_days * 86400)
+    kind = "tag" if tag else "branch"
+    ref_key, sha_key = _ref_key(project_id, kind, ref), _sha_key(project_id, sha)
+    pipe = conn.pipeline(transaction=True)
+    pipe.zadd(ref_key, {sha: now})
+    pipe.zremrangebyrank(ref_key, 0, -(cap + 1))  # keep the newest `cap`
+    pipe.expire(ref_key, ttl)
+    pipe.sadd(sha_key, ref_label(ref, tag))
+    pipe.expire(sha_key, ttl)
+    pipe.execute()
+
+
+def branch_shas(conn: redis.Redis, *, project_id: int, branch: str) -> list[str]:
+    """SHAs remembered for a branch's pipelines, oldest first."""
+    return [s.decode() if isinstance(s, bytes) else s
+            for s in conn.zrange(_ref_key(project_id, "branch", branch), 0, -1)]
+
+
+def refs_of(conn: redis.Redis, *, project_id: int, shas: Iterable[str]) -> dict[str, frozenset[str]]:
+    """For each SHA, the refs a pipeline built it on (one round trip for all)."""
+    shas = list(shas)
+    pipe = conn.pipeline(transaction=False)
+    for sha in shas:
+        pipe.smembers(_sha_key(project_id, sha))
+    result = {}
+    for sha, members in zip(shas, pipe.execute()):
+        refs = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
+        if refs:
+            result[sha] = refs
+    return result

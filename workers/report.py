@@ -1,0 +1,83 @@
+"""The record of one cleanup: every decision, logged as it is made and returned as the job's result."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("tagsweeper.decisions")
+
+# deleted: gone now; would_delete: dry run; absent: nothing by that name in that repository;
+# kept: a rule or GitLab protected it; failed: could not be deleted (the job retries).
+OUTCOMES = ("deleted", "would_delete", "absent", "kept", "failed")
+
+
+@dataclass
+class Report:
+    project_id: int | str
+    branch: str
+    trigger: str
+    dry_run: bool
+    delivery: str | None = None
+    project_path: str | None = None
+    skipped: str | None = None
+    repositories: list[str] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def context(self) -> dict[str, Any]:
+        return {"project_id": self.project_id, "project": self.project_path, "branch": self.branch,
+                "trigger": self.trigger, "delivery": self.delivery, "dry_run": self.dry_run}
+
+    def add(self, outcome: str, tag: str, reason: str, repository: str | None = None,
+            digest: str | None = None) -> None:
+        assert outcome in OUTCOMES, outcome
+        entry = {"repository": repository, "tag": tag, "decision": outcome, "reason": reason}
+        if digest:
+            entry["digest"] = digest
+        with self._lock:
+            self.decisions.append(entry)
+        level = logging.WARNING if outcome == "failed" else logging.INFO
+        log.log(level, "tag %s", outcome, extra={**self.context(), **entry})
+
+    def skip(self, reason: str) -> None:
+        self.skipped = reason
+        log.info("cleanup skipped", extra={**self.context(), "reason": reason})
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for d in self.decisions if d["decision"] == outcome)
+
+    def failures(self) -> list[dict[str, Any]]:
+        return [d for d in self.decisions if d["decision"] == "failed"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.context(),
+            "skipped": self.skipped,
+            "repositories": list(self.repositories),
+            "summary": {outcome: self.count(outcome) for outcome in OUTCOMES},
+            "decisions": sorted(self.decisions, key=lambda d: (d["repository"] or "", d["tag"])),
+        }
+
+
+def format_text(report: dict[str, Any]) -> str:
+    """A report as people read it at a terminal."""
+    lines = [f"{'DRY RUN: ' if report['dry_run'] else ''}cleanup of branch {report['branch']!r} "
+             f"in {report.get('project') or report['project_id']} ({report['trigger']})"]
+    if report.get("skipped"):
+        lines.append(f"  skipped: {report['skipped']}")
+        return "\n".join(lines)
+    lines.append(f"  repositories: {', '.join(report['repositories']) or '(none)'}")
+    for outcome in ("deleted", "would_delete", "kept", "failed", "absent"):
+        items = [d for d in report["decisions"] if d["decision"] == outcome]
+        if not items:
+            continue
+        lines.append(f"  {outcome.replace('_', ' ')} ({len(items)}):")
+        for d in items:
+            where = d["repository"] or "all repositories"
+            lines.append(f"    {where}:{d['tag']}  ({d['reason']})")
+    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["summary"].items() if v)
+    lines.append(f"  summary: {summary or 'nothing to do'}")
+    return "\n".join(lines)
