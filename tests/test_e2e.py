@@ -27,10 +27,25 @@ OTHER = "2222222222222222222222222222222222222222"     # head of another live br
 _ids = itertools.count(1)
 
 
+MODES = ["api", "registry"]
+
+
+def mode_env(mode: str, gitlab_stack) -> dict:
+    """REGISTRY_MODE=registry deletes through the registry's own API with GitLab's JWT."""
+    if mode == "api":
+        return {"REGISTRY_MODE": "api"}
+    return {"REGISTRY_MODE": "registry", "REGISTRY_URL": gitlab_stack.registry.url}
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    return request.param
+
+
 @pytest.fixture
-def service(tmp_path, redis_url, gitlab_stack):
+def service(tmp_path, redis_url, gitlab_stack, mode):
     emu = gitlab_stack.emulator
-    svc = Service(tmp_path / "service", redis_url, emu.url, emu.token).start()
+    svc = Service(tmp_path / "service", redis_url, emu.url, emu.token, **mode_env(mode, gitlab_stack)).start()
     yield svc
     svc.stop()
 
@@ -89,7 +104,7 @@ def merge_payload(project, **changes):
     return body
 
 
-def test_merge_deletes_exactly_the_branch_tags(gitlab, service):
+def test_merge_deletes_exactly_the_branch_tags(gitlab, service, mode):
     project, repos, digests = make_shop(gitlab)
     # GitLab removed the source branch on merge (force_remove_source_branch).
     response = service.post(merge_payload(project), "Merge Request Hook", key="merge-1")
@@ -105,6 +120,15 @@ def test_merge_deletes_exactly_the_branch_tags(gitlab, service):
     deleted = {(d["repository"], d["tag"]) for d in report["decisions"] if d["decision"] == "deleted"}
     assert deleted == {(r, t) for r in repos for t in gone}
     assert '"decision": "deleted"' in service.logs()
+    api_deletes = gitlab.count("DELETE", r"/registry/repositories/\d+/tags/")
+    if mode == "registry":
+        assert api_deletes == 0  # every tag went through the registry's own API
+        assert gitlab.count("GET", r"/jwt/auth") >= len(repos)
+        for d in report["decisions"]:
+            if d["decision"] == "deleted":  # the digest the tag had, as the plan saw it
+                assert d["digest"] == digests[(d["repository"], d["tag"])]
+    else:
+        assert api_deletes == len(gone) * len(repos)  # one request per tag: nothing listed or probed
 
 
 def test_the_example_payload_as_delivered(gitlab, service):
@@ -184,9 +208,10 @@ def test_pipeline_memory_attributes_shas_and_protects_other_refs(gitlab, service
     assert "branch:main" in kept[also_on_main]
 
 
-def test_dry_run_reports_and_deletes_nothing(tmp_path, redis_url, gitlab_stack, gitlab):
+def test_dry_run_reports_and_deletes_nothing(tmp_path, redis_url, gitlab_stack, gitlab, mode):
     emu = gitlab_stack.emulator
-    svc = Service(tmp_path / "dry", redis_url, emu.url, emu.token, DRY_RUN="1").start()
+    svc = Service(tmp_path / "dry", redis_url, emu.url, emu.token, DRY_RUN="1",
+                  **mode_env(mode, gitlab_stack)).start()
     try:
         project, repos, digests = make_shop(gitlab)
         response = svc.post(merge_payload(project), "Merge Request Hook", key="dry-1")
@@ -218,6 +243,7 @@ def test_duplicate_deliveries_make_one_cleanup(gitlab, service):
     assert gitlab.count("GET", r"/merge_requests/38/commits") == 1
 
 
+@pytest.mark.parametrize("mode", ["api"])  # a GitLab protection rule answers on GitLab's API
 def test_protected_tag_403_is_kept_not_retried(gitlab, service):
     project, repos, digests = make_shop(gitlab)
     project.protected_tag_patterns.append(r"feature-.*")
@@ -230,12 +256,16 @@ def test_protected_tag_403_is_kept_not_retried(gitlab, service):
 
 
 def test_gitlab_failing_leaves_a_failed_job_that_succeeds_when_replayed(tmp_path, redis_url, gitlab_stack,
-                                                                        gitlab):
+                                                                        gitlab, mode):
     emu = gitlab_stack.emulator
-    svc = Service(tmp_path / "fail", redis_url, emu.url, emu.token, CLEANUP_RETRIES="1", CLEANUP_RETRY_INTERVALS="1").start()
+    svc = Service(tmp_path / "fail", redis_url, emu.url, emu.token, CLEANUP_RETRIES="1",
+                  CLEANUP_RETRY_INTERVALS="1", **mode_env(mode, gitlab_stack)).start()
     try:
         project, repos, digests = make_shop(gitlab)
-        emu.inject_fault("DELETE", r"/registry/repositories/\d+/tags/", 500, times=-1)
+        if mode == "api":  # GitLab's tag delete answers 500 ...
+            emu.inject_fault("DELETE", r"/registry/repositories/\d+/tags/", 500, times=-1)
+        else:  # ... or GitLab's token endpoint does, so the registry can't be reached
+            emu.inject_fault("GET", r"/jwt/auth", 500, times=-1)
         response = svc.post(merge_payload(project), "Merge Request Hook", key="fail-1")
         job_id = response.json()["job_id"]
         job = svc.wait_for_job(job_id, timeout=120)

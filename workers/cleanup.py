@@ -15,9 +15,13 @@ from typing import Iterable
 import redis
 
 from workers import history, rules
-from workers.gitlab import AuthError, GitLab, GitLabError, NotFound
+from workers.gitlab import AuthError as GitLabAuthError
+from workers.gitlab import GitLab, GitLabError, NotFound
+from workers.registry import AuthError as RegistryAuthError
+from workers.registry import RegistryError
 from workers.report import Report
 from workers.settings import Settings
+from workers.tagstore import GitLabTags, RegistryTags, TagStore
 
 log = logging.getLogger("tagsweeper.cleanup")
 
@@ -113,7 +117,11 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
     repositories = list(gitlab.registry_repositories(ctx.pid))
     report.repositories = [r.get("path") or str(r.get("id")) for r in repositories]
     if doomed and repositories:
-        delete_all(ctx, report, repositories, doomed)
+        store = open_store(ctx)
+        try:
+            delete_all(ctx, report, store, repositories, doomed)
+        finally:
+            store.close()
 
     result = report.as_dict()
     failures = report.failures()
@@ -123,6 +131,15 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
             f"{len(failures)} tag deletion(s) failed, e.g. {first['repository']}:{first['tag']}: "
             f"{first['reason']}; the job is retried and deletes what is left", result)
     return result
+
+
+def open_store(ctx: Context) -> TagStore:
+    """The deletion path REGISTRY_MODE asks for."""
+    s = ctx.settings
+    if s.registry_mode == "registry":
+        return RegistryTags(username=s.registry_user, password=s.gitlab_token, registry_url=s.registry_url,
+                            timeout=s.http_timeout, pool_size=s.delete_concurrency + 2)
+    return GitLabTags(ctx.gitlab, ctx.pid)
 
 
 def look_again(ctx: Context, request: Request) -> str | None:
@@ -197,32 +214,38 @@ def merge_request_shas(ctx: Context, request: Request, target_pid: int | str) ->
     return {s for s in shas if rules.is_sha(s)}
 
 
-def delete_all(ctx: Context, report: Report, repositories: Iterable[dict],
+def delete_all(ctx: Context, report: Report, store: TagStore, repositories: list[dict],
                doomed: list[rules.Decision]) -> None:
     """Delete (or, in a dry run, look up) every doomed tag in every repository, a few at a time."""
-    jobs = [(repo, d) for repo in repositories for d in doomed]
+    # Tag-major order: neighbouring items hit different repositories, which can proceed in parallel.
+    jobs = [(repo, d) for d in doomed for repo in repositories]
 
     def one(item: tuple[dict, rules.Decision]) -> None:
         repo, decision = item
         path = repo.get("path") or str(repo.get("id"))
         try:
-            if ctx.dry_run:
-                found = ctx.gitlab.registry_tag(ctx.pid, repo["id"], decision.tag)
-                if found:
-                    report.add("would_delete", decision.tag, decision.reason, path, found.get("digest"))
-                else:
+            digest = None
+            if ctx.dry_run or store.resolves_first:
+                digest = store.find(repo, decision.tag)
+                if digest is None:
                     report.add("absent", decision.tag, "no such tag in this repository", path)
-                return
-            outcome = ctx.gitlab.delete_registry_tag(ctx.pid, repo["id"], decision.tag)
-        except AuthError:
+                    return
+                if ctx.dry_run:
+                    report.add("would_delete", decision.tag, decision.reason, path, digest or None)
+                    return
+            outcome, digest = store.delete(repo, decision.tag, expected=digest)
+        except (GitLabAuthError, RegistryAuthError):
             raise  # a refused token fails the whole job at once: retrying won't fix it
-        except GitLabError as exc:
+        except (GitLabError, RegistryError) as exc:
             report.add("failed", decision.tag, str(exc), path)
             return
         if outcome == "deleted":
-            report.add("deleted", decision.tag, decision.reason, path)
+            report.add("deleted", decision.tag, decision.reason, path, digest)
         elif outcome == "absent":
             report.add("absent", decision.tag, "no such tag in this repository", path)
+        elif outcome == "changed":
+            report.add("kept", decision.tag, "the tag was pushed again since the plan saw it: in use", path,
+                       digest)
         else:
             report.add("kept", decision.tag, "GitLab refused the delete (403): a protection rule covers it",
                        path)

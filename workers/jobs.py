@@ -13,6 +13,7 @@ from rq import get_current_job
 
 from workers import cleanup, history, rules
 from workers.gitlab import AuthError, GitLab
+from workers.registry import AuthError as RegistryAuthError
 from workers.settings import ConfigError, Settings
 
 log = logging.getLogger("tagsweeper.jobs")
@@ -42,7 +43,7 @@ def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: li
     except cleanup.CleanupIncomplete as exc:
         _keep_report(exc.report)
         raise
-    except (ConfigError, cleanup.CleanupError, AuthError) as exc:
+    except (ConfigError, cleanup.CleanupError, AuthError, RegistryAuthError) as exc:
         # Retrying cannot fix a bad setting, bad arguments or a refused token: fail now, say what to fix.
         _no_retry()
         log.error("cleanup failed permanently", extra={"project_id": project_id, "branch": branch,

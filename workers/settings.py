@@ -65,6 +65,9 @@ class Settings:
     pipeline_memory_days: int = 90
     pipeline_memory_cap: int = 500
     log_format: str = "json"
+    registry_mode: str = "api"
+    registry_url: str = ""
+    registry_user: str = "tagsweeper"
 
     @property
     def api_url(self) -> str:
@@ -100,7 +103,16 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "json").strip().lower() or "json"
         if log_format not in ("json", "text"):
             raise ConfigError(f"LOG_FORMAT={log_format!r}: use json or text")
+        mode = env.get("REGISTRY_MODE", "").strip().lower() or "api"
+        if mode not in ("api", "registry"):
+            raise ConfigError(f"REGISTRY_MODE={mode!r}: use api (GitLab REST API) or registry (registry v2 API)")
+        registry_url = env.get("REGISTRY_URL", "").strip().rstrip("/")
+        if registry_url and not re.match(r"https?://[^/\s]+$", registry_url):
+            raise ConfigError(f"REGISTRY_URL={registry_url!r} must be like https://registry.example.com")
         return cls(
+            registry_mode=mode,
+            registry_url=registry_url,
+            registry_user=env.get("REGISTRY_USER", "").strip() or "tagsweeper",
             redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
             queue=env.get("RQ_QUEUE", "").strip() or DEFAULT_QUEUE,
             gitlab_url=gitlab_url,
