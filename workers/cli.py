@@ -1,8 +1,14 @@
-"""The `tagsweeper` command: run the worker, or clean a branch by hand."""
+"""The `tagsweeper` command: run the worker, clean a branch by hand, and operate the service.
+
+`cleanup` and `worker` live here; every other command lives in its own module, listed in
+COMMAND_MODULES, which exposes `add_commands(subparsers)` and sets `handler=` on each
+parser: a function `handler(args, settings) -> exit status`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -22,6 +28,10 @@ def _project(value: str) -> int | str:
     return int(value) if value.isdigit() else value.strip("/")
 
 
+# Modules adding their own subcommands (see the module docstring).
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagsweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="decide and report, delete nothing")
     p.add_argument("--force", action="store_true", help="clean even if the branch still exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=run_cleanup)
 
     p = sub.add_parser("worker", help="run an RQ worker (with its scheduler) for the cleanup queue")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     p.add_argument("--name", help="worker name")
+    p.set_defaults(handler=run_worker)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return parser
 
 
@@ -44,14 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_format)
-        if args.command == "cleanup":
-            return run_cleanup(args, settings)
-        if args.command == "worker":
-            return run_worker(args, settings)
+        return args.handler(args, settings)
     except ConfigError as exc:
         print(f"tagsweeper: configuration error: {exc}", file=sys.stderr)
         return 2
-    return 2
 
 
 def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("tagsweeper.decisions")
 
@@ -25,6 +26,8 @@ class Report:
     skipped: str | None = None
     repositories: list[str] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    # Called with every decision (context included) as it is made: the audit trail, metrics.
+    sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def context(self) -> dict[str, Any]:
@@ -41,6 +44,9 @@ class Report:
             self.decisions.append(entry)
         level = logging.WARNING if outcome == "failed" else logging.INFO
         log.log(level, "tag %s", outcome, extra={**self.context(), **entry})
+        event = {"time": time.time(), **self.context(), **entry}
+        for sink in self.sinks:
+            sink(event)
 
     def skip(self, reason: str) -> None:
         self.skipped = reason
