@@ -160,6 +160,22 @@ PLAN_CASES = [
         set(), {"": "not a valid Docker tag"},
         id="empty-slug-is-no-tag"),
     pytest.param(
+        Facts(branch="release/1.2", shas=frozenset({SHA_A}), default_branch="main",
+              live_branches={"main": SHA_B}, live_tags={"release-1-2": SHA_C}),
+        {SHA_A, SHA_A[:8]}, {"release-1-2": "image of git tag 'release-1-2'"},
+        id="git-tag-image-named-like-the-slug-survives"),
+    pytest.param(
+        Facts(branch="cafebabe", shas=frozenset({SHA_A}), default_branch="main",
+              live_branches={"main": SHA_B}),
+        {SHA_A, SHA_A[:8]}, {"cafebabe": "looks like a commit SHA"},
+        id="sha-shaped-branch-tag-survives"),
+    pytest.param(
+        Facts(branch="feature/x", shas=frozenset({SHA_A}), default_branch="main",
+              live_branches={"main": SHA_B},
+              other_refs={SHA_A[:8] + "0" * 32: frozenset({"branch:main"})}),
+        {"feature-x", SHA_A}, {SHA_A[:8]: "built on branch:main"},
+        id="short-sha-shared-with-another-built-commit-survives"),
+    pytest.param(
         Facts(branch="feature/x", shas=frozenset({SHA_D}), default_branch="main",
               live_branches={"main": SHA_B}),
         {"feature-x", SHA_D, SHA_D[:8]}, {},

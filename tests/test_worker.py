@@ -35,6 +35,15 @@ def test_history_is_capped_per_ref_and_expires(redis_url):
         assert 0 < conn.ttl(key) <= 3 * 86400
 
 
+def test_history_finds_commits_sharing_a_short_sha(redis_url):
+    conn = redis.Redis.from_url(redis_url)
+    mine, other = "deadbeef" + "1" * 32, "deadbeef" + "2" * 32
+    history.record(conn, project_id=7, ref="main", sha=other, tag=False, ttl_days=1, cap=5)
+    history.record(conn, project_id=7, ref="feature/x", sha=mine, tag=False, ttl_days=1, cap=5)
+    assert history.clashing_shas(conn, project_id=7, shas={mine}) == {other}
+    assert history.clashing_shas(conn, project_id=7, shas={SHA[0]}) == set()
+
+
 def test_record_pipeline_job_refuses_bad_values(redis_url, monkeypatch):
     monkeypatch.setenv("REDIS_URL", redis_url)
     with pytest.raises(ValueError, match="40 lower-case hex"):

@@ -187,7 +187,9 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
     shas = {s for s in request.shas if rules.is_sha(s)}
     shas.update(history.branch_shas(ctx.conn, project_id=pid, branch=branch))
     shas.update(merge_request_shas(ctx, request, target_pid))
-    other_refs = history.refs_of(ctx.conn, project_id=pid, shas=sorted(shas))
+    # Commits sharing a short SHA with one of ours: their `:short_sha` tag is the same name.
+    clashes = history.clashing_shas(ctx.conn, project_id=pid, shas=shas)
+    other_refs = history.refs_of(ctx.conn, project_id=pid, shas=sorted(shas | clashes))
     return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
                        live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
                        other_refs=other_refs)

@@ -1,8 +1,10 @@
 """What pipelines built: which commit SHAs ran on which ref, remembered in Redis with bounds.
 
-Two views of the same facts, both with a TTL so they fade out:
+Three views of the same facts, all with a TTL so they fade out:
 - per ref (a sorted set, newest last, capped): the SHAs a branch's pipelines built;
-- per SHA (a set): every ref ("branch:NAME" or "tag:NAME") a pipeline built it on.
+- per SHA (a set): every ref ("branch:NAME" or "tag:NAME") a pipeline built it on;
+- per short SHA (a set): the full SHAs built with that 8-character prefix, because
+  `:$CI_COMMIT_SHORT_SHA` tags of two different commits can collide.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ def _sha_key(project_id: int, sha: str) -> str:
     return f"{PREFIX}:sha:{int(project_id)}:{sha}"
 
 
+def _short_key(project_id: int, sha: str) -> str:
+    return f"{PREFIX}:short:{int(project_id)}:{sha[:8]}"
+
+
 def ref_label(ref: str, tag: bool) -> str:
     return f"{'tag' if tag else 'branch'}:{ref}"
 
@@ -40,6 +46,8 @@ def record(conn: redis.Redis, *, project_id: int, ref: str, sha: str, tag: bool,
     pipe.expire(ref_key, ttl)
     pipe.sadd(sha_key, ref_label(ref, tag))
     pipe.expire(sha_key, ttl)
+    pipe.sadd(_short_key(project_id, sha), sha)
+    pipe.expire(_short_key(project_id, sha), ttl)
     pipe.execute()
 
 
@@ -61,3 +69,14 @@ def refs_of(conn: redis.Redis, *, project_id: int, shas: Iterable[str]) -> dict[
         if refs:
             result[sha] = refs
     return result
+
+
+def clashing_shas(conn: redis.Redis, *, project_id: int, shas: Iterable[str]) -> set[str]:
+    """Other built commits whose 8-character prefix equals one of `shas`' (one round trip)."""
+    shas = set(shas)
+    prefixes = sorted({s[:8] for s in shas})
+    pipe = conn.pipeline(transaction=False)
+    for prefix in prefixes:
+        pipe.smembers(_short_key(project_id, prefix))
+    found = {m.decode() if isinstance(m, bytes) else m for members in pipe.execute() for m in members}
+    return found - shas

@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 
 ZERO_SHA = "0" * 40
 SHA_RE = re.compile(r"[0-9a-f]{40}")
+SHA_LIKE_RE = re.compile(r"[0-9a-f]{8}|[0-9a-f]{40}")  # CI_COMMIT_SHORT_SHA / CI_COMMIT_SHA shapes
 # Docker's tag grammar (distribution/reference): a word character first, then up to 127 more.
 DOCKER_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -170,6 +171,9 @@ def live_owners(facts: Facts, policy: Policy) -> dict[str, str]:
         if is_sha(sha):
             claim(commit_tags(sha, policy.commit_templates), f"commit is the head of live branch {name!r}")
     for name, sha in facts.live_tags.items():
+        # A tag pipeline pushes the git tag's name (or its slug): `release-1-2` next to `release/1.2`.
+        claim(({name} if is_docker_tag(name) else set()) | branch_tags(name, policy.branch_templates),
+              f"image of git tag {name!r}")
         if is_sha(sha):
             claim(commit_tags(sha, policy.commit_templates), f"commit is tagged {name!r}")
     for sha, refs in facts.other_refs.items():
@@ -184,6 +188,7 @@ def plan(facts: Facts, policy: Policy) -> list[Decision]:
     """Decide every tag the branch may own: delete only what no live ref and no rule claims."""
     check_branch_name(facts.branch)
     owners = live_owners(facts, policy)
+    own_commit_tags = {n for sha in facts.shas if is_sha(sha) for n in commit_tags(sha, policy.commit_templates)}
     decisions = []
     for name, kind in sorted(owned_candidates(facts, policy).items()):
         if not is_docker_tag(name):
@@ -192,6 +197,214 @@ def plan(facts: Facts, policy: Policy) -> list[Decision]:
             decisions.append(Decision(name, False, "protected by PROTECTED_TAGS", kind))
         elif name in owners:
             decisions.append(Decision(name, False, owners[name], kind))
+        elif kind == "branch" and SHA_LIKE_RE.fullmatch(name) and name not in own_commit_tags:
+            # A branch named `cafebabe` or `20240115`: another ref's commit may carry that short SHA.
+            decisions.append(Decision(name, False, "looks like a commit SHA another ref may have pushed", kind))
         else:
             decisions.append(Decision(name, True, f"owned by branch {facts.branch!r}", kind))
     return decisions
+
+
+# --- Reconciliation ("sweep"): which tags in a registry are provably a dead branch's -------------
+#
+# A sweep looks at every tag of a project's registry, not at one branch. The same rules
+# protect (PROTECTED_TAGS, live_owners), and a tag is deleted only when it can be shown to
+# belong to a branch that no longer exists; anything else that no live ref claims is
+# "unclear": kept and reported.
+
+SWEEP_ACTIONS = ("delete", "keep", "unclear")
+
+
+@dataclass(frozen=True)
+class SweepFacts:
+    """What a sweep knows about one project, as plain values.
+
+    live_branches / live_tags: every branch that exists now (name -> head SHA); git tags.
+    known_branches: every branch the service knows existed -> how it knows (pipeline memory,
+        a merged or closed merge request); the ones that are live are ignored.
+    open_sources: source branches of open merge requests -> why: in use even when deleted.
+    pinned_shas: commits whose tags stay whatever else is true (open merge requests') -> why.
+    """
+
+    default_branch: str | None = None
+    live_branches: Mapping[str, str] = field(default_factory=dict)
+    live_tags: Mapping[str, str] = field(default_factory=dict)
+    known_branches: Mapping[str, str] = field(default_factory=dict)
+    open_sources: Mapping[str, str] = field(default_factory=dict)
+    pinned_shas: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepIndex:
+    """SweepFacts turned into lookups, computed once per project (size: refs, not tags)."""
+
+    owners: Mapping[str, str]                  # tag -> why a live ref claims it
+    dead_tags: Mapping[str, tuple[str, str]]   # tag -> (dead branch, how the service knows it)
+    live_refs: frozenset[str]                  # pipeline-memory labels of live branches ("branch:main")
+
+    def is_live_ref(self, label: str) -> bool:
+        # A tag pipeline's commit counts as live even if the git tag is gone: releases are kept.
+        return label.startswith("tag:") or label in self.live_refs
+
+
+@dataclass(frozen=True)
+class CommitRef:
+    """A tag that names a commit per COMMIT_TAGS: `value` is the full SHA, or the 8-hex short one."""
+
+    tag: str
+    value: str
+    short: bool
+
+
+@dataclass(frozen=True)
+class CommitFacts:
+    """What was looked up about the commits of SHA tags (one page of tags at a time).
+
+    candidates: short SHA -> every full SHA it may stand for: GitLab's resolution of it plus
+        remembered commits with the same prefix (empty: GitLab could not resolve it).
+    built_on: full SHA -> refs its pipelines ran on (pipeline memory).
+    git_refs: full SHA -> refs GitLab says contain it ("branch:NAME", "tag:NAME"), or None when
+        GitLab does not know the commit. Only asked for commits pipeline memory knows nothing of.
+    """
+
+    candidates: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    built_on: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    git_refs: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepVerdict:
+    """What a sweep does with one tag. `branches`: the dead branches a deletion relies on
+    (looked at again right before deleting)."""
+
+    tag: str
+    action: str  # one of SWEEP_ACTIONS
+    reason: str
+    kind: str  # "branch", "commit" or "other"
+    branches: tuple[str, ...] = ()
+
+    @property
+    def delete(self) -> bool:
+        return self.action == "delete"
+
+    def decision(self) -> Decision:
+        return Decision(self.tag, self.delete, self.reason, self.kind)
+
+
+def sweep_index(facts: SweepFacts, policy: Policy) -> SweepIndex:
+    """Which tags live refs claim, and which tags are rendered only for known dead branches."""
+    pinned = dict(facts.pinned_shas)
+    owners = live_owners(Facts(branch="", shas=frozenset(), default_branch=facts.default_branch,
+                               live_branches=facts.live_branches, live_tags=facts.live_tags,
+                               pinned_shas=pinned), policy)
+    for name, why in facts.open_sources.items():
+        for tag in branch_tags(name, policy.branch_templates):
+            owners.setdefault(tag, why)
+    for name in facts.live_tags:  # a tag pipeline pushes its ref's slug: release-1-2 for release/1.2
+        for tag in branch_tags(name, policy.branch_templates) | ({name} if is_docker_tag(name) else set()):
+            owners.setdefault(tag, f"image of git tag {name!r}")
+    live = set(facts.live_branches) | set(facts.open_sources)
+    if facts.default_branch:
+        live.add(facts.default_branch)
+    dead: dict[str, tuple[str, str]] = {}
+    for name, how in sorted(facts.known_branches.items()):
+        if name in live:
+            continue
+        try:
+            check_branch_name(name)
+        except RuleError:
+            continue
+        for tag in branch_tags(name, policy.branch_templates):
+            if tag not in owners:
+                dead.setdefault(tag, (name, how))
+    return SweepIndex(owners=owners, dead_tags=dead,
+                      live_refs=frozenset(f"branch:{name}" for name in live))
+
+
+def _commit_pattern(template: str) -> re.Pattern[str]:
+    parts = []
+    seen: set[str] = set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        if name in seen:
+            parts.append(f"(?P={name})")
+        else:
+            seen.add(name)
+            parts.append(f"(?P<{name}>[0-9a-f]{{40}})" if name == "sha" else f"(?P<{name}>[0-9a-f]{{8}})")
+    return re.compile("".join(parts))
+
+
+def parse_commit_tag(name: str, templates: Iterable[str]) -> CommitRef | None:
+    """The commit a tag names per COMMIT_TAGS, or None. A full SHA wins over a short one."""
+    found: CommitRef | None = None
+    for template in templates:
+        m = _commit_pattern(template).fullmatch(name)
+        if not m:
+            continue
+        groups = m.groupdict()
+        sha, short = groups.get("sha"), groups.get("short_sha")
+        if sha and short and not sha.startswith(short):
+            continue  # "{short_sha}-{sha}" with parts of two different commits
+        if sha:
+            if sha == ZERO_SHA:
+                continue
+            return CommitRef(name, sha, False)
+        if short and found is None:
+            found = CommitRef(name, short, True)
+    return found
+
+
+def sweep_tag(name: str, index: SweepIndex, policy: Policy) -> SweepVerdict | CommitRef:
+    """Decide a tag from its name alone, or return the commit it names when that needs looking up."""
+    if not is_docker_tag(name):
+        return SweepVerdict(name, "keep", "not a valid Docker tag", "other")
+    if policy.protected.fullmatch(name):
+        return SweepVerdict(name, "keep", "protected by PROTECTED_TAGS", "other")
+    if name in index.owners:
+        return SweepVerdict(name, "keep", index.owners[name], "other")
+    # Before the dead-branch tags: a branch named `cafebabe` must not take a commit's short SHA tag.
+    ref = parse_commit_tag(name, policy.commit_templates)
+    if ref is not None:
+        return ref
+    if name in index.dead_tags:
+        branch, how = index.dead_tags[name]
+        return SweepVerdict(name, "delete", f"owned by dead branch {branch!r} (known from {how})", "branch",
+                            (branch,))
+    return SweepVerdict(name, "unclear", "matches no live branch and no branch known to have existed",
+                        "other")
+
+
+def sweep_commit(ref: CommitRef, facts: CommitFacts, index: SweepIndex, policy: Policy) -> SweepVerdict:
+    """Decide a SHA tag: delete it only if its one commit is provably a dead branch's."""
+    tag = ref.tag
+    if ref.short:
+        candidates = sorted(facts.candidates.get(ref.value, frozenset()))
+        if not candidates:
+            return SweepVerdict(tag, "unclear", "short SHA resolves to no single commit in the repository",
+                                "commit")
+        if len(candidates) > 1:
+            shown = ", ".join(c[:12] for c in candidates[:3])
+            return SweepVerdict(tag, "unclear", f"short SHA is ambiguous: {shown}", "commit")
+        sha = candidates[0]
+    else:
+        sha = ref.value
+    for name in sorted(commit_tags(sha, policy.commit_templates)):
+        if name in index.owners:
+            return SweepVerdict(tag, "keep", index.owners[name], "commit")
+    built = facts.built_on.get(sha, frozenset())
+    if built:
+        live = sorted(r for r in built if index.is_live_ref(r))
+        if live:
+            return SweepVerdict(tag, "keep", f"commit was also built on {', '.join(live[:3])}", "commit")
+        dead = tuple(sorted(r.split(":", 1)[1] for r in built))
+        names = ", ".join(repr(b) for b in dead[:3])
+        return SweepVerdict(tag, "delete", f"commit was built only on dead branch(es) {names}", "commit", dead)
+    if sha not in facts.git_refs or facts.git_refs[sha] is None:
+        return SweepVerdict(tag, "unclear", "commit unknown to GitLab and to pipeline memory", "commit")
+    refs = facts.git_refs[sha]
+    if refs:
+        return SweepVerdict(tag, "keep", f"commit is on {', '.join(sorted(refs)[:3])}", "commit")
+    return SweepVerdict(tag, "delete", "commit is on no branch or tag (and no pipeline is remembered for it)",
+                        "commit")
