@@ -15,7 +15,7 @@ from flask import Flask
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from os.environ, with `test_config` overriding keys of the same name."""
-    from hooks import intake, logs, settings, views
+    from hooks import dashboard, intake, logs, metrics_view, settings, views
 
     app = Flask(__name__)
     config = settings.read_settings(os.environ, test_config)
@@ -29,8 +29,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logs.init_app(app)
     intake.init_app(app)
     views.init_app(app)
+    metrics_view.init_app(app)
+    dashboard.init_app(app)
     return app
 
 
 _SETTING_NAMES = frozenset({"WEBHOOK_SECRET", "REDIS_URL", "CLEANUP_DELAY", "MAX_BODY_BYTES", "RQ_QUEUE",
-                            "CLEANUP_RETRIES", "CLEANUP_RETRY_INTERVALS", "LOG_FORMAT"})
+                            "CLEANUP_RETRIES", "CLEANUP_RETRY_INTERVALS", "LOG_FORMAT",
+                            "DASHBOARD_USER", "DASHBOARD_PASSWORD",
+                            "WEBHOOK_SIGNING_KEY", "ALLOWED_PROJECTS"})

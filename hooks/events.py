@@ -1,7 +1,8 @@
 """GitLab webhook deliveries turned into decisions: sans-I/O, no Flask, no Redis.
 
-`parse_delivery(headers, body, secrets)` checks one delivery (size, token, JSON, event)
-and returns what it asks for: a `Cleanup`, a `RecordPipeline` or an `Ignore`. Anything
+`parse_delivery(headers, body, secrets)` checks one delivery (size, token, signature
+when signing keys are given, JSON depth and syntax, event, allowed project) and returns
+what it asks for: a `Cleanup`, a `RecordPipeline` or an `Ignore`. Anything
 wrong raises a `DeliveryError` whose `status` and `message` are safe to send back: no
 message ever quotes the token or a value from the body beyond short, harmless labels.
 Only plain values leave this module; the worker looks again at GitLab before acting.
@@ -17,12 +18,16 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 
+from hooks import signing
+from workers.allowlist import AllowList
+
 CLEANUP_FUNC = "workers.jobs.cleanup_branch"
 RECORD_PIPELINE_FUNC = "workers.jobs.record_pipeline"
 
 ZERO_SHA = "0" * 40
 BRANCH_PREFIX = "refs/heads/"
 MAX_NAME_LENGTH = 255
+MAX_JSON_DEPTH = 64  # GitLab's payloads nest about 5 deep; the bound keeps parsing flat and cheap
 
 _SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
 
@@ -196,18 +201,38 @@ def parse_delivery(
     body: bytes,
     secrets: Iterable[str],
     max_body_bytes: int | None = None,
+    *,
+    signing_keys: Iterable[bytes] = (),
+    now: float | None = None,
+    allowed: AllowList | None = None,
 ) -> Decision:
-    """Check one delivery in the order size, token, JSON, event; return its decision."""
+    """Check one delivery in the order size, token, signature, JSON, event, project; return its decision.
+
+    With `signing_keys`, the Standard Webhooks signature is required as well as the token,
+    checked against the raw body at time `now` (Unix seconds) before the body is parsed.
+    With `allowed`, a delivery for a project outside it is an Ignore, never an error.
+    """
     lowered = lower_headers(headers)
     if max_body_bytes is not None and len(body) > max_body_bytes:
         raise TooLarge(too_large_message(max_body_bytes))
     verify_token(lowered.get("x-gitlab-token"), secrets)
+    signing_keys = tuple(signing_keys)
+    if signing_keys:
+        if now is None:
+            raise ValueError("now is required to check a signature's timestamp")
+        try:
+            signing.verify(lowered, body, signing_keys, now)
+        except signing.SignatureError as exc:
+            raise Unauthorized(exc.message) from None
     payload = decode_body(body)
     event = (lowered.get("x-gitlab-event") or "").strip()
     if not event:
         raise BadRequest("X-Gitlab-Event header is missing: this endpoint takes GitLab webhook deliveries")
     delivery = (lowered.get("idempotency-key") or "").strip() or None
-    return interpret(event, payload, delivery)
+    decision = interpret(event, payload, delivery)
+    if allowed is not None and allowed.restricts:
+        decision = check_allowed(decision, payload, allowed)
+    return decision
 
 
 def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -257,6 +282,8 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or BadRequest saying what is wrong with it."""
     if not body:
         raise BadRequest("body is empty: expected a JSON object")
+    if json_too_deep(body, MAX_JSON_DEPTH):
+        raise BadRequest(f"body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -276,6 +303,32 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
+
+
+# A JSON string, escapes included (unrolled, so a 1 MiB string is one linear scan).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit`; a loop, never recursion.
+
+    Checked before json.loads: its parser recurses once per level, so a body of
+    `[[[[...` would otherwise cost a RecursionError deep in the C stack to refuse.
+    Strings are cut out first, so brackets inside them do not count.
+    """
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in brackets:
+        if byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def interpret(event: str, payload: Mapping[str, Any], delivery: str | None = None) -> Decision:
@@ -381,17 +434,49 @@ _HANDLERS = {
 }
 
 
+def check_allowed(decision: Decision, payload: Mapping[str, Any], allowed: AllowList) -> Decision:
+    """The decision, or an Ignore when a project it involves is outside ALLOWED_PROJECTS.
+
+    A merge involves two projects: the source, whose images are cleaned (a fork's own), and
+    the target, whose hook sent the delivery; both must be allowed. A payload's paths are
+    only claims (see workers/allowlist.py): the worker checks again with GitLab's answer.
+    """
+    if isinstance(decision, Cleanup):
+        projects = [("project", decision.project_id, decision.project_path)]
+        if decision.trigger == "merge":
+            target_path = _nested(_object_or_empty(payload, "object_attributes"), "target", "path_with_namespace")
+            if target_path is None:
+                target_path = _nested(payload, "project", "path_with_namespace")
+            projects = [("source project", decision.project_id, decision.project_path),
+                        ("target project", decision.target_project_id, target_path)]
+    elif isinstance(decision, RecordPipeline):
+        projects = [("project", decision.project_id, _nested(payload, "project", "path_with_namespace"))]
+    else:
+        return decision
+    for role, project_id, path in projects:
+        if not allowed.allows(project_id, path):
+            return Ignore(f"{role} {project_id} is not allowed by ALLOWED_PROJECTS: delivery acknowledged, "
+                          "nothing done", {"project_id": project_id})
+    return decision
+
+
+def _object_or_empty(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = payload.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 # --- field checks -------------------------------------------------------------------
 
 _NAME_RULE = f"(non-empty, at most {MAX_NAME_LENGTH} characters, no control characters)"
 
 
 def is_valid_name(value: object) -> bool:
-    """A branch/ref/path we pass on: non-empty, bounded, free of NUL and control characters."""
+    """A branch/ref/path we pass on: non-empty, bounded, free of NUL and control characters,
+    and valid Unicode (JSON's "\\ud800" makes a lone surrogate, which no UTF-8 encoder takes)."""
     return (
         isinstance(value, str)
         and 0 < len(value) <= MAX_NAME_LENGTH
-        and not any(unicodedata.category(ch) == "Cc" for ch in value)
+        and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
     )
 
 

@@ -38,7 +38,33 @@ def read_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
         "CLEANUP_RETRIES": parse_whole(raw("CLEANUP_RETRIES"), "CLEANUP_RETRIES", DEFAULT_RETRIES, 0, "retries"),
         "CLEANUP_RETRY_INTERVALS": parse_intervals(raw("CLEANUP_RETRY_INTERVALS")),
         "LOG_FORMAT": parse_choice(raw("LOG_FORMAT"), "LOG_FORMAT", ("json", "text")),
+        # The dashboard (/rq/, /audit) is on only when both are set; see hooks/dashboard.py.
+        "DASHBOARD_USER": parse_optional(raw("DASHBOARD_USER"), "DASHBOARD_USER"),
+        "DASHBOARD_PASSWORD": parse_optional(raw("DASHBOARD_PASSWORD"), "DASHBOARD_PASSWORD"),
+        # Signed deliveries (Standard Webhooks) are required when set; see hooks/signing.py.
+        "WEBHOOK_SIGNING_KEYS": parse_signing_keys(raw("WEBHOOK_SIGNING_KEY")),
+        "ALLOWED_PROJECTS": parse_allowed_projects(raw("ALLOWED_PROJECTS")),
     }
+
+
+def parse_signing_keys(value: Any) -> tuple[bytes, ...]:
+    """Comma-separated whsec_<base64> keys, () when unset; the message never shows a key."""
+    from hooks.signing import BadSigningKey, parse_keys
+
+    try:
+        return parse_keys(value)
+    except BadSigningKey as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+def parse_allowed_projects(value: Any):
+    """Comma-separated project ids, paths and group paths; empty allows every project."""
+    from workers.allowlist import parse
+
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def parse_intervals(value: Any) -> tuple[int, ...]:
@@ -95,6 +121,15 @@ def parse_whole(value: Any, name: str, default: int, minimum: int, unit: str) ->
     if number is None or number < minimum:
         raise RuntimeError(f"{name} must be a whole number of {unit} >= {minimum}, got {value!r}")
     return number
+
+
+def parse_optional(value: Any, name: str) -> str | None:
+    """A string with whitespace stripped, or None when unset or empty. The message never shows the value."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RuntimeError(f"{name} must be a string")
+    return value.strip() or None
 
 
 def parse_text(value: Any, name: str, default: str) -> str:

@@ -2,24 +2,39 @@
 
 The view only moves bytes: it reads the body within the size limit, hands headers and
 body to `events.parse_delivery`, and gives the decision to the intake. It answers in
-milliseconds (one Redis write at most) and never calls GitLab.
+milliseconds (one Redis write at most, then one round trip for the delivery
+counter of /metrics) and never calls GitLab.
+
+With WEBHOOK_SIGNING_KEY set, a delivery whose signature checked out also claims its
+`webhook-id` in Redis (SET NX EX, for as long as its timestamp is acceptable): the same
+id again is a replay and answers 409, whatever else it carries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
+import redis
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from hooks import events
+from hooks import events, signing
 from hooks.intake import QueueUnavailable, get_intake
 from hooks.logs import log_delivery
+from workers.metrics import count_delivery
 
 bp = Blueprint("hooks", __name__)
 
 READ_CHUNK = 64 * 1024
+
+# A signed delivery is accepted while its timestamp is within TOLERANCE either side of now,
+# so the same signed bytes stay acceptable for at most twice that: remember ids that long.
+REPLAY_WINDOW = 2 * signing.TOLERANCE
+REPLAY_KEY_PREFIX = "tagsweeper:webhook-id:"
+REPLAYED = ("webhook-id was already received: a replayed delivery is refused "
+            f"(ids are remembered for {REPLAY_WINDOW} seconds)")
 
 
 def error(status: int, message: str):
@@ -36,17 +51,35 @@ def receive_gitlab():
     def answer(status: int, body: dict[str, Any], outcome: str, **fields: Any):
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         log_delivery(**{"outcome": outcome, "status": status, **context, **fields, "duration_ms": duration_ms})
+        if outcome != "unavailable":  # Redis just failed this request: don't wait on it a second time
+            enqueued_cleanup = outcome == "enqueued" and context.get("action") == "cleanup_branch"
+            count_delivery(get_intake().connection, event=event, outcome=outcome,
+                           trigger=context.get("trigger") if enqueued_cleanup else None)
         return jsonify(body), status
 
     limit = current_app.config["MAX_BODY_BYTES"]
     try:
         body = read_body(limit)
         decision = events.parse_delivery(
-            request.headers, body, current_app.config["WEBHOOK_SECRETS"], max_body_bytes=limit
+            request.headers, body, current_app.config["WEBHOOK_SECRETS"], max_body_bytes=limit,
+            signing_keys=current_app.config["WEBHOOK_SIGNING_KEYS"], now=time.time(),
+            allowed=current_app.config["ALLOWED_PROJECTS"],
         )
     except events.DeliveryError as exc:
         outcome = {401: "unauthorized", 413: "too_large"}.get(exc.status, "bad_request")
         return answer(exc.status, {"error": exc.message}, outcome, error=exc.message)
+
+    replay_key = None
+    if current_app.config["WEBHOOK_SIGNING_KEYS"]:
+        # parse_delivery verified the signature, which covers webhook-id: only real ids get here.
+        replay_key = REPLAY_KEY_PREFIX + hashlib.sha256(
+            request.headers.get("webhook-id", "").strip().encode("utf-8", "surrogatepass")).hexdigest()
+        try:
+            first_time = claim_once(replay_key, REPLAY_WINDOW)
+        except QueueUnavailable as exc:
+            return answer(503, {"error": str(exc)}, "unavailable", error=str(exc))
+        if not first_time:
+            return answer(409, {"error": REPLAYED}, "replayed", error=REPLAYED)
 
     if isinstance(decision, events.Ignore):
         return answer(200, {"status": "ignored", "reason": decision.reason}, "ignored",
@@ -57,12 +90,30 @@ def receive_gitlab():
     try:
         receipt = get_intake().submit(decision)
     except QueueUnavailable as exc:
+        if replay_key:  # not processed: let GitLab's re-send of this id through
+            release(replay_key)
         return answer(503, {"error": str(exc)}, "unavailable", job_id=decision.job_id(), error=str(exc))
     if receipt.status == "duplicate":
         return answer(200, {"status": "duplicate", "job_id": receipt.job_id}, "duplicate",
                       job_id=receipt.job_id)
     return answer(202, {"status": "enqueued", "job_id": receipt.job_id, "action": decision.name},
                   "enqueued", job_id=receipt.job_id)
+
+
+def claim_once(key: str, ttl: int) -> bool:
+    """True the first time `key` is claimed within `ttl` seconds (atomic SET NX EX)."""
+    intake = get_intake()
+    try:
+        return bool(intake.connection.set(key, b"1", nx=True, ex=ttl))
+    except redis.RedisError as exc:
+        raise QueueUnavailable(intake.describe_error(exc)) from None
+
+
+def release(key: str) -> None:
+    try:
+        get_intake().connection.delete(key)
+    except redis.RedisError:
+        pass  # Redis is down already: the claim expires by itself
 
 
 def read_body(limit: int) -> bytes:
@@ -74,6 +125,11 @@ def read_body(limit: int) -> bytes:
     size = 0
     try:
         stream = request.stream  # Werkzeug also caps it at MAX_CONTENT_LENGTH
+        if request.environ.get("wsgi.input_terminated"):
+            # The server ends the stream (gunicorn always does). Werkzeug's capped stream refuses
+            # the read *at* the limit even when the body ends there: a body of exactly
+            # MAX_BODY_BYTES got 413. This loop bounds the read itself.
+            stream = request.environ["wsgi.input"]
         while size <= limit:
             chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
             if not chunk:

@@ -279,6 +279,7 @@ def test_gitlab_failing_leaves_a_failed_job_that_succeeds_when_replayed(tmp_path
         Job.fetch(job_id, connection=conn).requeue()
         job = svc.wait_for_job(job_id, timeout=60)
         assert job.get_status() == "finished"
+        assert "report" not in job.meta  # the failed run's partial report is gone with it
     finally:
         svc.stop()
     assert_registry(gitlab, repos, digests, {"feature-checkout-flow", LAST, LAST[:8], EARLIER, EARLIER[:8]})
@@ -301,3 +302,27 @@ def test_fork_merge_cleans_the_fork(gitlab, service):
     assert service.wait_for_job(response.json()["job_id"]).get_status() == "finished"
     assert_registry(gitlab, [fork.path], fork_digests, {"feature-checkout-flow", LAST})
     assert_registry(gitlab, up_repos, up_digests, set())  # upstream's images are not the fork's
+
+
+def test_branch_point_built_by_main_survives_a_lost_pipeline_hook(gitlab, service):
+    """Feature/Checkout-Flow was created from an old main commit and its first pipeline built it.
+    main's own pipeline for that commit pushed the same SHA tags, but its hook never arrived:
+    GitLab's commits/:sha/refs still says main contains it, so those tags stay."""
+    project, repos, digests = make_shop(gitlab)
+    branch_point = "6" * 40
+    project.add_commit(branch_point, on=["main"])
+    reg = gitlab.registry_client
+    for repo in repos:
+        d = reg.push_image(repo, [branch_point, branch_point[:8]], content=f"{repo}-bp")
+        digests.update({(repo, branch_point): d, (repo, branch_point[:8]): d})
+    pipe = load_payload("pipeline_merge_request.json")
+    pipe["project"]["id"] = project.id
+    pipe["object_attributes"].update(sha=branch_point, ref=FEATURE)
+    r = service.post(pipe, "Pipeline Hook", key="bp-pipe")
+    assert service.wait_for_job(r.json()["job_id"]).get_status() == "finished"
+    response = service.post(merge_payload(project), "Merge Request Hook", key="bp-merge")
+    job = service.wait_for_job(response.json()["job_id"])
+    assert job.get_status() == "finished"
+    assert_registry(gitlab, repos, digests, {"feature-checkout-flow", LAST, LAST[:8], EARLIER, EARLIER[:8]})
+    kept = {d["tag"]: d["reason"] for d in job.return_value()["decisions"] if d["decision"] == "kept"}
+    assert "live branch 'main'" in kept[branch_point]

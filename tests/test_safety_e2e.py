@@ -44,6 +44,13 @@ def seed(gitlab, conn, pr: Project) -> tuple[int, str, dict[str, str]]:
     project.branches.clear()
     project.branches.update({name: h[-1] for name, h in pr.branches.items()})
     project.tags.update(pr.tags)
+    # Branch histories, so the emulator's commits/:sha/refs knows which live branch contains what.
+    on: dict[str, list[str]] = {}
+    for name, commits in pr.branches.items():
+        for sha in commits:
+            on.setdefault(sha, []).append(name)
+    for sha, names in on.items():
+        project.add_commit(sha, on=names)
     if pr.mr_commits or pr.trigger == "merge":
         project.add_merge_request(1, pr.cleaned, pr.target or pr.default, state="merged",
                                   commits=list(pr.mr_commits))

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import redis
 
-from workers import history, rules
+from workers import audit, history, locks, metrics, rules
 from workers.gitlab import AuthError as GitLabAuthError
 from workers.gitlab import GitLab, GitLabError, NotFound
 from workers.registry import AuthError as RegistryAuthError
@@ -27,6 +27,7 @@ log = logging.getLogger("tagsweeper.cleanup")
 
 TRIGGERS = ("merge", "branch_deleted", "manual")
 MAX_MERGE_REQUESTS = 20  # older merge requests of a re-used branch name add little
+MAX_REF_LOOKUPS = 200  # commits checked one request each for live refs that contain them
 
 
 class CleanupError(Exception):
@@ -96,6 +97,7 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
     ctx = Context(gitlab, conn, settings, settings.dry_run if dry_run is None else dry_run)
     report = Report(request.project_id, request.branch, request.trigger, ctx.dry_run, request.delivery,
                     request.project_path)
+    trail = audit.attach(report, conn, settings)  # every decision is audited and counted as it is made
     try:
         ctx.project = gitlab.project(request.project_id)
     except NotFound:
@@ -103,9 +105,25 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
     report.project_id = ctx.pid
     report.project_path = ctx.project.get("path_with_namespace") or request.project_path
 
+    # GitLab's id and path, not the delivery's claims. A manual cleanup is the operator's own choice.
+    if request.trigger != "manual" and not settings.allowed_projects.allows(
+            ctx.pid, ctx.project.get("path_with_namespace")):
+        report.skip(f"project {report.project_path or ctx.pid} is not allowed by ALLOWED_PROJECTS")
+        trail.skipped(report)
+        return report.as_dict()
+
+    # One cleanup of a branch at a time, on any worker: a second one waits here, then looks again.
+    with locks.BranchLock(conn, ctx.pid, request.branch):
+        return _run_locked(ctx, request, report, trail)
+
+
+def _run_locked(ctx: Context, request: Request, report: Report, trail) -> dict:
+    """run() from "look again" on, under the branch's lock."""
+    gitlab, settings = ctx.gitlab, ctx.settings
     reason = look_again(ctx, request)
     if reason:
         report.skip(reason)
+        trail.skipped(report)
         return report.as_dict()
 
     facts = gather(ctx, request)
@@ -122,6 +140,7 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
             delete_all(ctx, report, store, repositories, doomed)
         finally:
             store.close()
+            metrics.tally().add_requests("registry", store.calls() if hasattr(store, "calls") else None)
 
     result = report.as_dict()
     failures = report.failures()
@@ -186,13 +205,37 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
 
     shas = {s for s in request.shas if rules.is_sha(s)}
     shas.update(history.branch_shas(ctx.conn, project_id=pid, branch=branch))
-    shas.update(merge_request_shas(ctx, request, target_pid))
+    mr_shas = merge_request_shas(ctx, request, target_pid)
+    shas.update(mr_shas)
+    for sha, why in contained_elsewhere(ctx, branch, sorted(shas - mr_shas)).items():
+        pinned.setdefault(sha, why)
     # Commits sharing a short SHA with one of ours: their `:short_sha` tag is the same name.
     clashes = history.clashing_shas(ctx.conn, project_id=pid, shas=shas)
     other_refs = history.refs_of(ctx.conn, project_id=pid, shas=sorted(shas | clashes))
     return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
                        live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
                        other_refs=other_refs)
+
+
+def contained_elsewhere(ctx: Context, branch: str, shas: list[str]) -> dict[str, str]:
+    """SHAs that a live branch or tag contains, with the reason to keep their tags.
+
+    A merge request's own commits are the branch's work (after a merge the target contains
+    them too), so only the other SHAs are asked about: the commit a branch was created from,
+    say. Pipeline memory would name the ref that built it, unless that hook was lost; GitLab
+    knows which refs contain it. Past MAX_REF_LOOKUPS commits, the rest are kept unasked.
+    """
+    pinned: dict[str, str] = {}
+    for i, sha in enumerate(shas):
+        if i >= MAX_REF_LOOKUPS:
+            pinned[sha] = "not checked against live refs (more than MAX_REF_LOOKUPS commits)"
+            continue
+        refs = ctx.gitlab.commit_refs(ctx.pid, sha) or []
+        live = [(kind, name) for kind, name in refs if not (kind == "branch" and name == branch)]
+        if live:
+            kind, name = live[0]
+            pinned[sha] = f"commit is on live {kind} {name!r}"
+    return pinned
 
 
 def merge_request_shas(ctx: Context, request: Request, target_pid: int | str) -> set[str]:

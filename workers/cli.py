@@ -11,9 +11,12 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 
 import redis
+from rq import Worker as RQWorker
+from rq.defaults import DEFAULT_WORKER_TTL
 
 from workers import cleanup, logs
 from workers.gitlab import GitLab, GitLabError
@@ -28,8 +31,54 @@ def _project(value: str) -> int | str:
     return int(value) if value.isdigit() else value.strip("/")
 
 
+# A worker killed mid-job (SIGKILL, lost machine) leaves its job in RQ's StartedJobRegistry.
+# Another worker's maintenance retries it once the job missed its heartbeats for
+# ABANDONED_AFTER seconds. RQ's own defaults (maintenance every 600 s, run only when an idle
+# worker wakes from a 405 s wait) can leave such a job for over a quarter of an hour.
+MAINTENANCE_INTERVAL = 60
+ABANDONED_AFTER = 90  # RQ's default: a 30 s heartbeat plus 60 s of grace
+
+
+def _seconds(value: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number of seconds >= 1, got {value!r}")
+    return number
+
+
+def _env_seconds(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ConfigError(f"{name}={raw!r}: give a whole number of seconds >= {minimum}")
+    return int(raw)
+
+
+class _Worker(RQWorker):
+    """RQ's forking worker, with the grace after a missed heartbeat configurable (see run_worker)."""
+
+    heartbeat_grace = ABANDONED_AFTER - 30
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        # As RQ's own, whose grace is a fixed 60 s: how long the job's entry in the
+        # StartedJobRegistry lives without another heartbeat before it counts as abandoned.
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = min(job.timeout - working_time, interval)
+        return int(interval) + self.heartbeat_grace
+
+
 # Modules adding their own subcommands (see the module docstring).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "workers.registration",
+    "workers.audit",
+    "workers.operations",
+    "workers.sweep",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run an RQ worker (with its scheduler) for the cleanup queue")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     p.add_argument("--name", help="worker name")
+    p.add_argument("--maintenance-interval", type=_seconds, metavar="SECONDS",
+                   help="how often this worker runs RQ's maintenance, which retries the jobs of dead "
+                        f"workers (default: WORKER_MAINTENANCE_INTERVAL or {MAINTENANCE_INTERVAL})")
+    p.add_argument("--abandoned-after", type=_seconds, metavar="SECONDS",
+                   help="a running job whose worker sent no heartbeat for this long is abandoned and "
+                        f"retried (default: WORKER_ABANDONED_AFTER or {ABANDONED_AFTER}; at least 2)")
     p.set_defaults(handler=run_worker)
 
     for name in COMMAND_MODULES:
@@ -97,12 +152,32 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from rq import Queue, Worker
+    from rq import Queue
 
     settings.require_gitlab()
+    maintenance = args.maintenance_interval or _env_seconds("WORKER_MAINTENANCE_INTERVAL", MAINTENANCE_INTERVAL)
+    abandoned = args.abandoned_after or _env_seconds("WORKER_ABANDONED_AFTER", ABANDONED_AFTER, minimum=2)
+    if abandoned < 2:
+        raise ConfigError(f"--abandoned-after must be at least 2 seconds, got {abandoned}")
+    monitoring = max(1, min(30, abandoned // 3))  # heartbeats while a job runs
     conn = redis.Redis.from_url(settings.redis_url)
-    worker = Worker([Queue(settings.queue, connection=conn)], connection=conn, name=args.name)
-    worker.work(with_scheduler=True, burst=args.burst)
+    worker = _Worker([Queue(settings.queue, connection=conn)], connection=conn, name=args.name,
+                     maintenance_interval=maintenance, job_monitoring_interval=monitoring,
+                     # An idle worker runs maintenance only between its blocking waits on the
+                     # queue (worker_ttl - 15 s long): wake it at least once per interval.
+                     worker_ttl=min(DEFAULT_WORKER_TTL, maintenance + 15))
+    worker.heartbeat_grace = abandoned - monitoring
+    schedule = None
+    if settings.sweep_cron and not args.burst:
+        from workers.sweep import Scheduler  # SWEEP_CRON: enqueues the scheduled sweeps, once per slot
+
+        schedule = Scheduler(settings)
+        schedule.start()
+    try:
+        worker.work(with_scheduler=True, burst=args.burst)
+    finally:
+        if schedule is not None:
+            schedule.stop()
     return 0
 
 

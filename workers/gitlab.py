@@ -54,7 +54,14 @@ def encode(value: str | int) -> str:
     """A path segment: ids as they are, paths and names fully percent-encoded ('/' too)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return quote(str(value), safe="")
+    text = str(value)
+    # A name GitLab cannot have is "not found" without a request. "" would address the parent
+    # (.../branches/ lists them); "." and ".." are dot-segments, sent literally (requests turns
+    # %2E back into '.') and resolved by servers and proxies: .../branches/.. is .../repository/.
+    # A lone surrogate has no UTF-8 form at all.
+    if text in ("", ".", "..") or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise NotFound(f"{text!r} cannot name a GitLab object (no request made)", 404)
+    return quote(text, safe="")
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -189,6 +196,20 @@ class GitLab:
     def merge_request_commits(self, project: int | str, iid: int) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/merge_requests/{int(iid)}/commits")
 
+    def commit_refs(self, project: int | str, sha: str, limit: int = 100) -> list[tuple[str, str]] | None:
+        """The branches and tags that contain a commit, as (type, name); None when GitLab knows no
+        such commit. Only the first `limit` refs are asked for: callers need "any live ref"."""
+        path = f"/projects/{encode(project)}/repository/commits/{encode(sha)}/refs"
+        response = self.request("GET", path, params={"type": "all", "per_page": limit, "page": 1})
+        if response.status_code == 404:
+            return None
+        if response.status_code == 403:
+            raise AuthError(f"GET {path}: forbidden (403): {_message(response)}", 403)
+        items = _json(response, path)
+        if not isinstance(items, list):
+            raise BadResponse(f"GET {path}: expected a list")
+        return [(str(i.get("type")), str(i.get("name"))) for i in items if isinstance(i, dict)]
+
     def registry_repositories(self, project: int | str) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/registry/repositories")
 
@@ -209,6 +230,61 @@ class GitLab:
         if response.status_code == 403:
             return "forbidden"
         return "deleted"
+
+    # Writes: parameters go in a JSON body (never the query string, which proxies log).
+
+    def send(self, method: str, path: str, data: dict | None = None) -> Any:
+        """POST/PUT/DELETE `data` as JSON; return the answer's JSON (None when it has no body).
+        404 raises NotFound, 403 AuthError, any other non-2xx BadResponse (from `request`)."""
+        what = f"{method} {path}"
+        response = self.request(method, path, json=data)
+        if response.status_code == 404:
+            raise NotFound(f"{what}: {_message(response)}", 404)
+        if response.status_code == 403:
+            raise AuthError(f"{what}: forbidden (403): the token's user lacks access: "
+                            f"{_message(response)}", 403)
+        if response.status_code == 204 or not response.content:
+            return None
+        return _json(response, path)
+
+    def post(self, path: str, data: dict | None = None) -> Any:
+        return self.send("POST", path, data)
+
+    def put(self, path: str, data: dict | None = None) -> Any:
+        return self.send("PUT", path, data)
+
+    def delete(self, path: str) -> Any:
+        return self.send("DELETE", path)
+
+    # Webhooks of a project or a group (kind "project" or "group").
+
+    def group(self, group: int | str) -> dict:
+        return self.get(f"/groups/{encode(group)}")
+
+    @staticmethod
+    def _hooks_path(kind: str, owner: int | str) -> str:
+        if kind not in ("project", "group"):
+            raise ValueError(f"hooks belong to a project or a group, not {kind!r}")
+        return f"/{kind}s/{encode(owner)}/hooks"
+
+    def hooks(self, kind: str, owner: int | str) -> Iterator[dict]:
+        return self.paginate(self._hooks_path(kind, owner))
+
+    def add_hook(self, kind: str, owner: int | str, fields: dict) -> dict:
+        """Create a hook. Not idempotent: a POST retried after a lost answer can create two."""
+        return self.post(self._hooks_path(kind, owner), fields)
+
+    def edit_hook(self, kind: str, owner: int | str, hook_id: int, fields: dict) -> dict:
+        """Update a hook. Send `token` every time: GitLab drops it when the URL changes."""
+        return self.put(f"{self._hooks_path(kind, owner)}/{int(hook_id)}", fields)
+
+    def delete_hook(self, kind: str, owner: int | str, hook_id: int) -> bool:
+        """Delete a hook; False when it was already gone."""
+        try:
+            self.delete(f"{self._hooks_path(kind, owner)}/{int(hook_id)}")
+        except NotFound:
+            return False
+        return True
 
 
 def _message(response: requests.Response) -> str:

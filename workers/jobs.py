@@ -11,7 +11,7 @@ import logging
 import redis
 from rq import get_current_job
 
-from workers import cleanup, history, rules
+from workers import cleanup, history, metrics, rules, sweep
 from workers.gitlab import AuthError, GitLab
 from workers.registry import AuthError as RegistryAuthError
 from workers.settings import ConfigError, Settings
@@ -19,6 +19,7 @@ from workers.settings import ConfigError, Settings
 log = logging.getLogger("tagsweeper.jobs")
 
 
+@metrics.observed("cleanup_branch", {cleanup.CleanupIncomplete: "incomplete"})
 def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: list[str] | None = None,
                    project_path: str | None = None, mr_iid: int | None = None,
                    target_project_id: int | None = None, target_branch: str | None = None,
@@ -36,8 +37,12 @@ def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: li
                         pool_size=settings.delete_concurrency + 2)
         conn = redis.Redis.from_url(settings.redis_url)
         try:
-            return cleanup.run(request, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
+            sweep.remember_project(conn, project_id)  # the scheduled sweep covers it from now on
+            report = cleanup.run(request, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
+            _keep_report(None)  # a replay that succeeds replaces an earlier run's partial report
+            return report
         finally:
+            metrics.tally().add_requests("gitlab", gitlab.calls)
             gitlab.close()
             conn.close()
     except cleanup.CleanupIncomplete as exc:
@@ -51,6 +56,7 @@ def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: li
         raise
 
 
+@metrics.observed("record_pipeline")
 def record_pipeline(*, project_id: int, ref: str, sha: str, tag: bool = False,
                     pipeline_id: int | None = None, delivery: str | None = None) -> dict:
     """Remember that a pipeline built `sha` on `ref`, so SHA tags can be attributed later."""
@@ -60,6 +66,7 @@ def record_pipeline(*, project_id: int, ref: str, sha: str, tag: bool = False,
     rules.check_branch_name(ref)
     conn = redis.Redis.from_url(settings.redis_url)
     try:
+        sweep.remember_project(conn, int(project_id))
         history.record(conn, project_id=int(project_id), ref=ref, sha=sha, tag=bool(tag),
                        ttl_days=settings.pipeline_memory_days, cap=settings.pipeline_memory_cap)
     finally:
@@ -67,11 +74,43 @@ def record_pipeline(*, project_id: int, ref: str, sha: str, tag: bool = False,
     return {"project_id": project_id, "ref": ref, "sha": sha, "tag": bool(tag), "pipeline_id": pipeline_id}
 
 
-def _keep_report(report: dict) -> None:
+@metrics.observed("sweep_project", {cleanup.CleanupIncomplete: "incomplete"})
+def sweep_project(*, project: int | str, dry_run: bool | None = None) -> dict:
+    """Find the tags of branches that no longer exist in the project's registry and clean them."""
+    settings = Settings.from_env()
+    try:
+        settings.require_gitlab()
+        gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
+                        pool_size=settings.delete_concurrency + 2)
+        conn = redis.Redis.from_url(settings.redis_url)
+        try:
+            try:
+                return sweep.run_project(project, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
+            except sweep.SweepError:
+                sweep.forget_project(conn, project)  # gone from GitLab: stop scheduling it
+                raise
+        finally:
+            metrics.tally().add_requests("gitlab", gitlab.calls)
+            gitlab.close()
+            conn.close()
+    except cleanup.CleanupIncomplete as exc:
+        _keep_report(exc.report)
+        raise
+    except (ConfigError, sweep.SweepError, AuthError, RegistryAuthError) as exc:
+        _no_retry()
+        log.error("sweep failed permanently", extra={"project_id": project, "error": str(exc)})
+        raise
+
+
+def _keep_report(report: dict | None) -> None:
     job = get_current_job()
-    if job is not None:
+    if job is None or (report is None and "report" not in job.meta):
+        return
+    if report is None:
+        job.meta.pop("report")
+    else:
         job.meta["report"] = report
-        job.save_meta()
+    job.save_meta()
 
 
 def _no_retry() -> None:

@@ -57,6 +57,8 @@ def check_branch_name(branch: object) -> str:
         raise RuleError(f"branch name is longer than {MAX_BRANCH_LENGTH} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in branch):
         raise RuleError("branch name contains control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in branch):  # a lone surrogate: no URL or log can encode it
+        raise RuleError("branch name is not valid Unicode")
     return branch
 
 

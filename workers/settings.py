@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from workers import rules
+from workers import allowlist, rules
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "tagsweeper"
@@ -52,6 +52,39 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+DEFAULT_SWEEP_CRON = "17 3 * * *"  # once a day, in UTC
+
+
+def _cron(env: Mapping[str, str], name: str) -> str:
+    """A cron expression (5 fields, evaluated in UTC), or "" for off."""
+    raw = " ".join(env.get(name, "").split())
+    if not raw:
+        return DEFAULT_SWEEP_CRON
+    if raw.lower() in ("off", "none", "0", "false", "no"):
+        return ""
+    from croniter import croniter  # an RQ dependency
+
+    if len(raw.split()) != 5 or not croniter.is_valid(raw):
+        raise ConfigError(f"{name}={raw!r} is not a cron expression like '17 3 * * *' "
+                          "(minute hour day month weekday, in UTC), or 'off'")
+    return raw
+
+
+def _projects(env: Mapping[str, str], name: str) -> tuple[int | str, ...]:
+    """Comma-separated project ids or paths (group/project)."""
+    out: list[int | str] = []
+    for item in env.get(name, "").split(","):
+        item = item.strip().strip("/")
+        if not item:
+            continue
+        if not item.isdigit() and not re.fullmatch(r"[\w.-]+(/[\w.-]+)+", item):
+            raise ConfigError(f"{name}: {item!r} is neither a project id nor a path like group/project")
+        value: int | str = int(item) if item.isdigit() else item
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
@@ -68,6 +101,11 @@ class Settings:
     registry_mode: str = "api"
     registry_url: str = ""
     registry_user: str = "tagsweeper"
+    sweep_cron: str = DEFAULT_SWEEP_CRON  # "" when SWEEP_CRON=off
+    sweep_projects: tuple[int | str, ...] = ()
+    sweep_timeout: int = 14400
+    # ALLOWED_PROJECTS: a cleanup of any other project is skipped (empty: every project).
+    allowed_projects: allowlist.AllowList = field(default_factory=allowlist.AllowList)
 
     @property
     def api_url(self) -> str:
@@ -109,10 +147,18 @@ class Settings:
         registry_url = env.get("REGISTRY_URL", "").strip().rstrip("/")
         if registry_url and not re.match(r"https?://[^/\s]+$", registry_url):
             raise ConfigError(f"REGISTRY_URL={registry_url!r} must be like https://registry.example.com")
+        try:
+            allowed_projects = allowlist.parse(env.get("ALLOWED_PROJECTS"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
+            allowed_projects=allowed_projects,
             registry_mode=mode,
             registry_url=registry_url,
             registry_user=env.get("REGISTRY_USER", "").strip() or "tagsweeper",
+            sweep_cron=_cron(env, "SWEEP_CRON"),
+            sweep_projects=_projects(env, "SWEEP_PROJECTS"),
+            sweep_timeout=_int(env, "SWEEP_TIMEOUT", 14400, minimum=60),
             redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
             queue=env.get("RQ_QUEUE", "").strip() or DEFAULT_QUEUE,
             gitlab_url=gitlab_url,

@@ -12,7 +12,7 @@ path, offset pagination headers and `Link`, error bodies `{"message": "404 ... N
 and `/jwt/auth` issuing registry tokens.
 
 Test controls: `requests`/`count()`/`reset_requests()` (log of served requests),
-`inject_fault()`/`clear_faults()` (500s, 429 + Retry-After, hangs), `reset()`.
+`inject_fault()`/`clear_faults()` (500s, 429 + Retry-After, hangs, dropped connections), `reset()`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import math
 import re
 import secrets
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -114,6 +115,8 @@ class Project:
     protected_tag_patterns: list[str] = field(default_factory=list)
     protected_branches: list[str] = field(default_factory=list)
     hooks: list[dict] = field(default_factory=list)
+    # Commits seeded with add_commit: sha -> the branches whose history contains it.
+    commits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _emu: "GitLabEmulator | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -137,6 +140,14 @@ class Project:
         with self._emu.lock:
             self.tags[name] = sha or random_sha()
             return self.tags[name]
+
+    def add_commit(self, sha: str | None = None, on: tuple[str, ...] | list[str] = ()) -> str:
+        """A commit in the history of the branches `on` (see GitLabEmulator.commit_refs). It stays
+        known after those branches are deleted, as GitLab's keep-around refs keep built commits."""
+        with self._emu.lock:
+            sha = sha or random_sha()
+            self.commits[sha] = tuple(on)
+            return sha
 
     def add_merge_request(self, iid: int, source_branch: str, target_branch: str = "main",
                           state: str = "opened", commits: list[str | dict] | None = None,
@@ -203,6 +214,7 @@ class Fault:
     headers: dict
     delay: float
     body: dict | None
+    drop: bool | str = False  # True: close without answering; "after": do it, then close
 
 
 # Hook fields GitLab accepts; booleans with their defaults.
@@ -344,13 +356,18 @@ class GitLabEmulator:
                    if (method is None or m == method.upper()) and (rx is None or rx.search(p)))
 
     def inject_fault(self, method: str, path_regex: str, status: int, times: int = 1,
-                     headers: dict | None = None, delay: float = 0.0, body: dict | None = None) -> None:
+                     headers: dict | None = None, delay: float = 0.0, body: dict | None = None,
+                     drop: bool | str = False) -> None:
         """The next `times` requests matching method ('*' = any) and path_regex (re.search on
         the raw path, e.g. '/api/v4/projects/1/registry/.*/tags/') answer `status` after
-        sleeping `delay`. times=-1 keeps answering until clear_faults()."""
+        sleeping `delay`. times=-1 keeps answering until clear_faults().
+
+        drop=True closes the connection instead of answering (nothing is done); drop="after"
+        does the request, then closes the connection before the answer, so the client never
+        learns that it worked. The request log records a dropped request with status 0."""
         with self.lock:
             self._faults.append(Fault(method.upper(), re.compile(path_regex), status, times,
-                                      dict(headers or {}), delay, body))
+                                      dict(headers or {}), delay, body, drop))
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -374,8 +391,13 @@ class GitLabEmulator:
         if raw_path.startswith("http://") or raw_path.startswith("https://"):
             raw_path = "/" + raw_path.split("/", 3)[-1]
         resp = self._respond(req, raw_path)
+        dropped = environ.get("emulator.drop", False)
         with self.lock:
-            self._requests.append((req.method, raw_path, resp.status_code))
+            self._requests.append((req.method, raw_path, 0 if dropped else resp.status_code))
+        if dropped:
+            environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            # A ConnectionError is what werkzeug expects of a vanished client: it stays quiet.
+            raise ConnectionResetError("connection dropped by an injected fault")
         return resp(environ, start_response)
 
     def _respond(self, req: Request, raw_path: str) -> Response:
@@ -383,10 +405,13 @@ class GitLabEmulator:
         if fault is not None:
             if fault.delay:
                 self._stopping.wait(fault.delay)
-            body = fault.body if fault.body is not None else {"message": _status_line(fault.status)}
-            resp = self._json(body, fault.status)
-            resp.headers.update(fault.headers)
-            return resp
+            if fault.drop:
+                req.environ["emulator.drop"] = True  # _wsgi closes the connection instead of answering
+            if fault.drop != "after":
+                body = fault.body if fault.body is not None else {"message": _status_line(fault.status)}
+                resp = self._json(body, fault.status)
+                resp.headers.update(fault.headers)
+                return resp
         try:
             if raw_path == "/jwt/auth":
                 return self._jwt_auth(req)
@@ -572,6 +597,8 @@ class GitLabEmulator:
             ("GET", P + r"/repository/branches", self.list_branches),
             ("GET", P + r"/repository/branches/(?P<branch>.+)", self.get_branch),
             ("GET", P + r"/repository/tags", self.list_git_tags),
+            ("GET", P + r"/repository/commits/(?P<sha>[^/]+)", self.get_commit),
+            ("GET", P + r"/repository/commits/(?P<sha>[^/]+)/refs", self.list_commit_refs),
             ("GET", P + r"/merge_requests", self.list_merge_requests),
             ("GET", P + r"/merge_requests/(?P<iid>[^/]+)", self.get_merge_request),
             ("GET", P + r"/merge_requests/(?P<iid>[^/]+)/commits", self.list_mr_commits),
@@ -704,6 +731,84 @@ class GitLabEmulator:
         return self._paginate(req, raw_path, [
             {"name": n, "target": s, "message": "", "protected": False,
              "commit": {"id": s, "short_id": s[:8], "title": f"Tagged {n}"}} for n, s in tags])
+
+    # commits. The emulator keeps no commit graph; this is the whole model (see commit_refs).
+    def commit_refs(self, p: Project) -> dict[str, set[tuple[str, str]]]:
+        """Every commit the project knows -> the refs ("branch"/"tag", name) that contain it:
+
+        - a branch contains its head, a git tag the commit it points at;
+        - a merge request's commits are in the project it targets (GitLab's refs/merge-requests)
+          and, where they came from, in the source project; they are on the source branch while
+          that branch exists, and once the merge request is merged, on the target branch too
+          (its merge commit as well), while that exists;
+        - a commit seeded with `Project.add_commit(sha, on=[...])` is on those branches while
+          they exist.
+        A branch's deletion leaves its commits known but on no ref (GitLab's keep-around refs)."""
+        with self.lock:
+            refs: dict[str, set[tuple[str, str]]] = {}
+
+            def on(sha: str | None, kind: str | None = None, name: str | None = None) -> None:
+                if not sha:
+                    return
+                entry = refs.setdefault(sha, set())
+                if kind and (kind == "tag" or name in p.branches):
+                    entry.add((kind, name))
+
+            for name, sha in p.branches.items():
+                on(sha, "branch", name)
+            for name, sha in p.tags.items():
+                on(sha, "tag", name)
+            for sha, branches in p.commits.items():
+                on(sha)
+                for name in branches:
+                    on(sha, "branch", name)
+            mrs = [mr for q in self.projects.values() for mr in q.merge_requests.values()
+                   if mr.project_id == p.id or mr.source_project_id == p.id]
+            for mr in mrs:
+                for c in mr.commits:
+                    on(c["id"])
+                    if mr.source_project_id == p.id:
+                        on(c["id"], "branch", mr.source_branch)
+                    if mr.state == "merged" and mr.project_id == p.id:
+                        on(c["id"], "branch", mr.target_branch)
+                if mr.state == "merged" and mr.project_id == p.id:
+                    on(mr.merge_commit_sha, "branch", mr.target_branch)
+            return refs
+
+    def _resolve_commit(self, p: Project, ref: str) -> str:
+        """A full SHA, a unique prefix of one (4+ hex, like git), a branch or a tag name; else 404
+        (an ambiguous prefix too: git refuses it, and GitLab answers 404)."""
+        known = self.commit_refs(p)
+        with self.lock:
+            if ref in p.branches:
+                return p.branches[ref]
+            if ref in p.tags:
+                return p.tags[ref]
+        if ref in known:
+            return ref
+        if re.fullmatch(r"[0-9a-f]{4,39}", ref):
+            matches = [sha for sha in known if sha.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        raise _not_found("Commit")
+
+    def get_commit(self, req, raw_path, pid, sha):
+        p = self._project(pid)
+        full = self._resolve_commit(p, sha)
+        return self._json({"id": full, "short_id": full[:8], "title": f"Commit {full[:8]}",
+                           "message": f"Commit {full[:8]}", "parent_ids": [], "created_at": ZERO_TIME,
+                           "committed_date": ZERO_TIME, "authored_date": ZERO_TIME,
+                           "web_url": f"{self.url}/{p.path}/-/commit/{full}"})
+
+    def list_commit_refs(self, req, raw_path, pid, sha):
+        p = self._project(pid)
+        kind = req.args.get("type", "all")
+        if kind not in ("branch", "tag", "all"):
+            raise ApiError(400, "type does not have a valid value", key="error")
+        full = self._resolve_commit(p, sha)
+        refs = sorted(self.commit_refs(p).get(full, set()))
+        return self._paginate(req, raw_path, [{"type": t, "name": n} for t, n in refs
+                                              if kind == "all" or t == kind])
 
     # merge requests
     def list_merge_requests(self, req, raw_path, pid):

@@ -50,11 +50,15 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class RedisServer:
-    """A throw-away redis-server on a free loopback port."""
+    """A throw-away redis-server on a free loopback port.
 
-    def __init__(self, workdir: Path):
+    `appendfsync` ("always", "everysec") turns on append-only persistence in `workdir`, so
+    `crash()` then `start()` (same port, same files) is a Redis restart that keeps its data."""
+
+    def __init__(self, workdir: Path, appendfsync: str | None = None):
         self.workdir = Path(workdir)
         self.port = free_port()
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -65,7 +69,9 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [require_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
+             "--save", "", "--dir", str(self.workdir), "--daemonize", "no",
+             *(["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.appendfsync
+               else ["--appendonly", "no"])],
             stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, proc=self.proc)
@@ -74,3 +80,9 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc:
             stop(self.proc)
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown save, clients see their connections reset."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,27 @@ def gitlab_headers(event: str, key: str | None = None, token: str = SECRET) -> d
     else:
         headers["Idempotency-Key"] = key
     return headers
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process below `pid`, children first (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
 
 
 class Service:
@@ -81,6 +103,19 @@ class Service:
                            f"worker{n}.log")
         self.workers.append(proc)
         return proc
+
+    def kill_worker(self, proc: subprocess.Popen) -> list[int]:
+        """SIGKILL a worker and every process it started (its work horse, RQ's scheduler), as when
+        its machine dies: nothing gets to clean up. Returns the pids killed."""
+        os.kill(proc.pid, signal.SIGSTOP)  # frozen first: it cannot notice its horse dying
+        pids = [proc.pid, *_descendants(proc.pid)]
+        for pid in reversed(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        return pids
 
     def start(self) -> "Service":
         self.start_web()
