@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 import redis
@@ -318,14 +318,14 @@ def test_audit_command_filters_and_prints(redis_url):
     assert tags("--since", "2h") == ["new-2", "new-1"]
     assert tags("--since", "30m", "--project", "1") == ["new-1"]
     assert tags("--since", "4d", "--limit", "3") == ["new-2", "new-1", "old-1"]
-    yesterday = datetime.fromtimestamp(time.time() - 86400)
+    yesterday = datetime.fromtimestamp(time.time() - 86400, timezone.utc)  # --since reads naive times as UTC
     assert tags("--since", yesterday.strftime("%Y-%m-%d")) == ["new-2", "new-1"]
     assert tags("--since", yesterday.strftime("%Y-%m-%dT%H:%M")) == ["new-2", "new-1"]
 
     table = cli(redis_url, "--project", "acme/p2")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["TIME", "PROJECT", "BRANCH", "DECISION", "IMAGE", "REASON"]
+    assert lines[0].split() == ["TIME", "(UTC)", "PROJECT", "BRANCH", "DECISION", "IMAGE", "REASON"]
     assert "kept" in lines[1] and "acme/p2:new-2" in lines[1] and "old-1" in lines[2]
 
     bad = cli(redis_url, "--since", "yesterday-ish")

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 import redis
@@ -213,7 +213,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_when(text: str, now: float | None = None) -> float:
-    """Unix time from "30m", "2h", "3d", "1w" (ago), an ISO date or time (local unless it says), or a number."""
+    """Unix time from "30m", "2h", "3d", "1w" (ago), an ISO date or time (UTC unless it says), or a number."""
     value = text.strip()
     relative = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value, re.I)
     if relative:
@@ -225,7 +225,9 @@ def parse_when(text: str, now: float | None = None) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give a time like 2026-11-20, 2026-11-20T10:00, or an age like 30m, 2h, 3d") from None
-    return when.timestamp()  # naive means local time, as a person at this terminal means it
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)  # UTC, as the table prints and /audit reads it
+    return when.timestamp()
 
 
 def _project(value: str) -> int | str:
@@ -278,13 +280,14 @@ def format_table(entries: list[dict]) -> str:
     """The trail as people read it at a terminal."""
     if not entries:
         return "no audit entries"
-    header = ("TIME", "PROJECT", "BRANCH", "DECISION", "IMAGE", "REASON")
+    header = ("TIME (UTC)", "PROJECT", "BRANCH", "DECISION", "IMAGE", "REASON")
     rows = [header]
     for e in entries:
-        when = datetime.fromtimestamp(e["time"]).strftime("%Y-%m-%d %H:%M:%S") if e["time"] else "?"
+        when = datetime.fromtimestamp(e["time"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if e["time"] else "?"
         decision = ("dry run: " if e["dry_run"] and e["decision"] != "would_delete" else "") + str(e["decision"])
         image = f"{e['repository'] or '*'}:{e['tag']}" if e["tag"] else "-"
-        rows.append((when, str(e["project"] or e["project_id"] or "?"), str(e["branch"] or "?"), decision,
+        branch = e["branch"] or ("(sweep)" if e.get("trigger") == "sweep" else "-")
+        rows.append((when, str(e["project"] or e["project_id"] or "?"), str(branch), decision,
                      image, str(e["reason"] or "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows)
