@@ -6,13 +6,15 @@ imports the worker. The job id is the decision's deterministic id and the enqueu
 hook for the same event is refused atomically (DuplicateJobError) and answered
 "duplicate". One Intake per app: one connection pool, one Queue.
 
-Round trips: a delayed cleanup is one EVALSHA; an immediate job is two (RQ's own
-pipelined SADD of the queue name, then the script). The first call per connection also
-pays for HELLO, INFO (RQ caches the server version) and SCRIPT LOAD.
+Round trips: a delayed cleanup is one EVALSHA; so is an immediate job (a pipeline record, or
+a cleanup with CLEANUP_DELAY=0), except the first one per QUEUE_REGISTERED_FOR seconds, which
+also sends RQ's own SADD of the queue name to rq:queues (see `submit`). The first call per
+connection also pays for HELLO, INFO (RQ caches the server version) and SCRIPT LOAD.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable
@@ -38,6 +40,12 @@ PIPELINE_RETRY = (3, 10)
 
 # GitLab gives up after 10 s: with 2 s timeouts and one retry a dead Redis is a 503 well before.
 SOCKET_TIMEOUT = 2.0
+
+# RQ SADDs the queue's name to rq:queues (what `Queue.all()`, the dashboard and `tagsweeper status`
+# list) on every immediate enqueue, in a round trip of its own. A process that did so less than this
+# many seconds ago skips it: the name is there (nothing in tagsweeper removes it) and workers find
+# their queue by name anyway.
+QUEUE_REGISTERED_FOR = 60.0
 
 
 class QueueUnavailable(Exception):
@@ -67,6 +75,7 @@ class Intake:
         )
         self.connection = redis.Redis(connection_pool=pool)
         self.queue = Queue(queue_name, connection=self.connection)
+        self._registered_until = 0.0  # time.monotonic() until which RQ's SADD of the queue name is skipped
 
     def submit(self, decision: Cleanup | RecordPipeline) -> Receipt:
         """Enqueue the decision's job unless its id exists already."""
@@ -93,8 +102,17 @@ class Intake:
                 self.queue.enqueue_in(
                     timedelta(seconds=delay), decision.func, job_timeout=JOB_TIMEOUT, **options
                 )
+            elif time.monotonic() < self._registered_until:
+                # RQ queues its SADD on a pipeline it is handed and leaves sending it to the caller;
+                # the unique enqueue itself is the script, sent at once. This pipeline is never sent.
+                unsent = self.connection.pipeline()
+                try:
+                    self.queue.enqueue_call(decision.func, timeout=JOB_TIMEOUT, pipeline=unsent, **options)
+                finally:
+                    unsent.reset()
             else:
                 self.queue.enqueue_call(decision.func, timeout=JOB_TIMEOUT, **options)
+                self._registered_until = time.monotonic() + QUEUE_REGISTERED_FOR
         except DuplicateJobError:
             return Receipt("duplicate", job_id)
         except redis.RedisError as exc:

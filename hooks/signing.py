@@ -71,10 +71,10 @@ def parse_keys(value: Any, setting: str = "WEBHOOK_SIGNING_KEY") -> tuple[bytes,
         key = _b64decode(encoded + "=" * (-len(encoded) % 4)) if item.startswith(PREFIX) else None
         if key is None:
             raise BadSigningKey(f"{setting}: key {n} is not a Standard Webhooks secret: expected "
-                            f"{PREFIX} followed by base64, as GitLab shows the webhook's signing token")
+                                f"{PREFIX} followed by base64, as GitLab shows the webhook's signing token")
         if len(key) < MIN_KEY_BYTES:
             raise BadSigningKey(f"{setting}: key {n} decodes to {len(key)} bytes; a signing secret "
-                            f"has at least {MIN_KEY_BYTES}")
+                                f"has at least {MIN_KEY_BYTES}")
         keys.append(key)
     return tuple(keys)
 

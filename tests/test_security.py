@@ -41,16 +41,16 @@ import redis
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rq import Queue
 from rq.job import Job
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from hooks import create_app, events, signing
+from hooks import events, signing
 from hooks.views import REPLAY_KEY_PREFIX, REPLAY_WINDOW
+from tests.support.service import SECRET as E2E_SECRET
 from tests.support.service import Service
 from tests.test_e2e import make_shop, merge_payload
-from tests.test_hooks_app import SECRET, body_of, headers, job_keys, keyspace, make_app
+from tests.test_hooks_app import body_of, headers, job_keys, keyspace, make_app
 from workers import allowlist, cleanup, rules
 from workers.gitlab import GitLab, encode
 from workers.settings import ConfigError, Settings
@@ -138,8 +138,8 @@ def chunks(data: bytes, size: int = 64 * 1024):
         yield data[start:start + size]
 
 
+@pytest.mark.e2e
 def test_gunicorn_enforces_the_limit_on_chunked_bodies(web, conn):
-    from tests.support.service import SECRET as E2E_SECRET
     hdrs = {"Content-Type": "application/json", "X-Gitlab-Event": "Merge Request Hook",
             "X-Gitlab-Token": E2E_SECRET}
     exact = padded(MERGE, MIB)
@@ -564,6 +564,28 @@ def test_the_worker_refuses_a_project_outside_allowed_projects(gitlab, conn, red
         assert report["skipped"] is None and report["summary"]["deleted"] == 1, report
 
 
+def test_the_scheduled_sweep_refuses_a_project_outside_allowed_projects(gitlab, conn, redis_url):
+    """A delivery's project id lands in the sweep schedule; the sweep job checks GitLab's word too."""
+    from workers import sweep
+    evil = gitlab.add_project(668, "evil/z")
+    evil.add_registry_repository("")
+    evil.add_merge_request(1, "gone", "main", state="merged", commits=[])
+    digest = gitlab.registry_client.push_image("evil/z", ["gone"], content="z")
+    conn.sadd(sweep.PROJECTS_KEY, "668")
+    config = worker_settings(gitlab, redis_url, ALLOWED_PROJECTS="acme/")
+    client = GitLab(gitlab.url, gitlab.token, timeout=10)
+    try:
+        report = sweep.run_project(668, gitlab=client, conn=conn, settings=config)
+        assert "not allowed by ALLOWED_PROJECTS" in report["skipped"]
+        assert not conn.sismember(sweep.PROJECTS_KEY, "668")  # dropped from the schedule
+        assert gitlab.registry_client.resolve("evil/z", "gone") == digest
+        # Run by an operator, the same sweep is their choice, as `tagsweeper cleanup` is.
+        report = sweep.run_project(668, gitlab=client, conn=conn, settings=config, by_operator=True)
+        assert report.get("skipped") is None
+    finally:
+        client.close()
+
+
 def test_a_manual_cleanup_is_the_operators_choice(gitlab, conn, redis_url):
     """`tagsweeper cleanup` (trigger manual) is run by hand with the GitLab token: no allow-list."""
     project = gitlab.add_project(667, "elsewhere/y")
@@ -687,6 +709,7 @@ def stray_registry_requests(paths, repositories: list[str]) -> list:
     return [(method, path) for method, path in paths if not allowed.fullmatch(path)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["api", "registry"])
 @pytest.mark.parametrize("name", NASTY_BRANCHES, ids=[ascii(n)[1:-1][:40] for n in NASTY_BRANCHES])
 def test_a_branch_name_never_leads_outside_the_project(gitlab, gitlab_stack, registry_proxy, conn, redis_url,
@@ -696,7 +719,7 @@ def test_a_branch_name_never_leads_outside_the_project(gitlab, gitlab_stack, reg
     reg = gitlab.registry_client
     victim = gitlab.add_project(VICTIM, "victim/app")
     victim.add_registry_repository("")
-    upstream = gitlab.add_project(UPSTREAM, "enc/upstream")
+    gitlab.add_project(UPSTREAM, "enc/upstream")  # the merge request's target: it must exist
     fork = gitlab.add_project(FORK, "enc/fork")
     repo_ids = {fork.add_registry_repository(""), fork.add_registry_repository("worker")}
     repos = ["enc/fork", "enc/fork/worker"]

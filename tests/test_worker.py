@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.support.procs import free_port
-from tests.support.service import ROOT, Service, load_payload
+from tests.support.service import ROOT, Service
 from workers import history, jobs
 from workers.settings import ConfigError, Settings
 

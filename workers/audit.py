@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
@@ -26,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import redis
 
 from workers import metrics
-from workers.settings import ConfigError
+from workers.settings import ConfigError, say_redis_unreachable
 
 log = logging.getLogger("tagsweeper.audit")
 
@@ -263,9 +262,7 @@ def show(args: argparse.Namespace, settings: Any) -> int:
     try:
         entries = read(conn, project=args.project, since=args.since, limit=args.limit)
     except redis.RedisError as exc:
-        print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
-              "start redis-server or set REDIS_URL", file=sys.stderr)
-        return 1
+        return say_redis_unreachable(exc)
     finally:
         conn.close()
     if args.json:

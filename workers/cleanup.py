@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import redis
 
@@ -265,6 +264,41 @@ def delete_all(ctx: Context, report: Report, store: TagStore, repositories: list
     # Tag-major order: neighbouring items hit different repositories, which can proceed in parallel.
     jobs = [(repo, d) for d in doomed for repo in repositories]
 
+    def record(path: str, decision: rules.Decision, outcome: str, digest: str | None) -> None:
+        if outcome == "deleted":
+            report.add("deleted", decision.tag, decision.reason, path, digest)
+        elif outcome == "absent":
+            report.add("absent", decision.tag, "no such tag in this repository", path)
+        elif outcome == "changed":
+            report.add("kept", decision.tag, "the tag was pushed again since the plan saw it: in use", path,
+                       digest)
+        else:
+            report.add("kept", decision.tag, "GitLab refused the delete (403): a protection rule covers it",
+                       path)
+
+    batched = getattr(store, "delete_many", None)
+    if batched is not None and not ctx.dry_run:
+        # Registry mode: one call per repository (repositories in parallel) resolves each tag once,
+        # right before rewriting it, and deletes the rewritten tags together (workers/registry.py).
+        def per_repo(repo: dict) -> None:
+            path = repo.get("path") or str(repo.get("id"))
+            try:
+                results = batched(repo, [d.tag for d in doomed])
+            except (GitLabAuthError, RegistryAuthError):
+                raise
+            except (GitLabError, RegistryError) as exc:
+                results = [exc] * len(doomed)
+            for decision, result in zip(doomed, results):
+                if isinstance(result, Exception):
+                    report.add("failed", decision.tag, str(result), path)
+                else:
+                    record(path, decision, *result)
+
+        lanes = max(1, min(ctx.settings.delete_concurrency, len(repositories)))
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="delete") as pool:
+            list(pool.map(per_repo, repositories))
+        return
+
     def one(item: tuple[dict, rules.Decision]) -> None:
         repo, decision = item
         path = repo.get("path") or str(repo.get("id"))
@@ -284,16 +318,7 @@ def delete_all(ctx: Context, report: Report, store: TagStore, repositories: list
         except (GitLabError, RegistryError) as exc:
             report.add("failed", decision.tag, str(exc), path)
             return
-        if outcome == "deleted":
-            report.add("deleted", decision.tag, decision.reason, path, digest)
-        elif outcome == "absent":
-            report.add("absent", decision.tag, "no such tag in this repository", path)
-        elif outcome == "changed":
-            report.add("kept", decision.tag, "the tag was pushed again since the plan saw it: in use", path,
-                       digest)
-        else:
-            report.add("kept", decision.tag, "GitLab refused the delete (403): a protection rule covers it",
-                       path)
+        record(path, decision, outcome, digest)
 
     workers = max(1, min(ctx.settings.delete_concurrency, len(jobs)))
     if workers == 1:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import redis
 from rq import Worker as RQWorker
@@ -21,7 +22,7 @@ from rq.defaults import DEFAULT_WORKER_TTL
 from workers import cleanup, logs
 from workers.gitlab import GitLab, GitLabError
 from workers.report import format_text
-from workers.settings import ConfigError, Settings
+from workers.settings import ConfigError, Settings, say_redis_unreachable
 
 
 def _project(value: str) -> int | str:
@@ -58,8 +59,19 @@ def _env_seconds(name: str, default: int, minimum: int = 1) -> int:
     return int(raw)
 
 
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
 class _Worker(RQWorker):
-    """RQ's forking worker, with the grace after a missed heartbeat configurable (see run_worker)."""
+    """RQ's forking worker, with the grace after a missed heartbeat configurable (see run_worker),
+    that outlives a Redis outage.
+
+    RQ retries Redis only while it waits for a job. A Redis error anywhere else in its loop
+    (checking for suspension, maintenance, a heartbeat while a job runs, recording how the job
+    ended) ends `work()`: the process would exit and need a restart. Here those steps wait for
+    Redis instead. A job whose end could not be recorded stays STARTED in Redis and is retried
+    as abandoned once Redis is back.
+    """
 
     heartbeat_grace = ABANDONED_AFTER - 30
 
@@ -70,6 +82,63 @@ class _Worker(RQWorker):
         if job.timeout and job.timeout > 0:
             interval = min(job.timeout - working_time, interval)
         return int(interval) + self.heartbeat_grace
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        try:
+            super().heartbeat(timeout, pipeline)
+        except _REDIS_DOWN as exc:
+            self.log.warning("Worker %s: heartbeat not sent, Redis unreachable: %s", self.name, exc)
+
+    def maintain_heartbeats(self, job, execution):
+        try:
+            super().maintain_heartbeats(job, execution)
+        except _REDIS_DOWN as exc:
+            # Keep watching the horse: giving up here would start the next job beside it.
+            self.log.warning("Worker %s: heartbeat not sent, Redis unreachable: %s", self.name, exc)
+
+    def check_for_suspension(self, burst: bool):
+        self._despite_outages(super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self):
+        if self._despite_outages(super().run_maintenance_tasks):
+            # It may have died holding the queues' maintenance locks (RQ keeps them 899 s):
+            # free them, or no worker would retry abandoned jobs for a quarter of an hour.
+            for queue in self.queues:
+                self._despite_outages(queue.release_maintenance_lock)
+
+    def execute_job(self, job, queue):
+        try:
+            super().execute_job(job, queue)
+        except _REDIS_DOWN as exc:
+            # The horse has ended (or never started); the job's end is not recorded. It stays
+            # STARTED and RQ's maintenance retries it as abandoned.
+            self.log.error("Worker %s: job %s: Redis unreachable, the job will be retried as abandoned: %s",
+                           self.name, job.id, exc)
+            self._wait_for_redis()
+
+    def _despite_outages(self, step, *args) -> bool:
+        """Run `step`, again after each Redis outage; True when an outage interrupted it."""
+        interrupted = False
+        while True:
+            try:
+                step(*args)
+                return interrupted
+            except _REDIS_DOWN as exc:
+                self.log.error("Worker %s: Redis unreachable, waiting for it: %s", self.name, exc)
+                interrupted = True
+                self._wait_for_redis()
+                if self._stop_requested:
+                    return interrupted
+
+    def _wait_for_redis(self) -> None:
+        delay = 0.5
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+                return
+            except _REDIS_DOWN:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 # Modules adding their own subcommands (see the module docstring).
@@ -141,9 +210,7 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tagsweeper: GitLab: {exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
-              "start redis-server or set REDIS_URL", file=sys.stderr)
-        return 1
+        return say_redis_unreachable(exc)
     finally:
         gitlab.close()
         conn.close()

@@ -151,8 +151,7 @@ class GitLab:
         if response.status_code == 404:
             raise NotFound(f"GET {path}: {_message(response)}", 404)
         if response.status_code == 403:
-            raise AuthError(f"GET {path}: forbidden (403): the token's user lacks access: "
-                            f"{_message(response)}", 403)
+            raise forbidden(f"GET {path}", response)
         return _json(response, path)
 
     def paginate(self, path: str, params: dict | None = None, per_page: int = 100) -> Iterator[dict]:
@@ -163,7 +162,7 @@ class GitLab:
             if response.status_code == 404:
                 raise NotFound(f"GET {path}: {_message(response)}", 404)
             if response.status_code == 403:
-                raise AuthError(f"GET {path}: forbidden (403): {_message(response)}", 403)
+                raise forbidden(f"GET {path}", response)
             items = _json(response, path)
             if not isinstance(items, list):
                 raise BadResponse(f"GET {path}: expected a list")
@@ -204,7 +203,7 @@ class GitLab:
         if response.status_code == 404:
             return None
         if response.status_code == 403:
-            raise AuthError(f"GET {path}: forbidden (403): {_message(response)}", 403)
+            raise forbidden(f"GET {path}", response)
         items = _json(response, path)
         if not isinstance(items, list):
             raise BadResponse(f"GET {path}: expected a list")
@@ -241,8 +240,7 @@ class GitLab:
         if response.status_code == 404:
             raise NotFound(f"{what}: {_message(response)}", 404)
         if response.status_code == 403:
-            raise AuthError(f"{what}: forbidden (403): the token's user lacks access: "
-                            f"{_message(response)}", 403)
+            raise forbidden(what, response)
         if response.status_code == 204 or not response.content:
             return None
         return _json(response, path)
@@ -285,6 +283,13 @@ class GitLab:
         except NotFound:
             return False
         return True
+
+
+def forbidden(what: str, response: requests.Response) -> AuthError:
+    """A 403 on something other than a tag delete: the token lacks a scope or its user a role."""
+    return AuthError(f"{what}: GitLab refused GITLAB_TOKEN (403: {_message(response)}): give the token the api "
+                     "scope, and its user at least Developer on the project (Maintainer for protected "
+                     "container tags, hooks and registry-mode deletes)", 403)
 
 
 def _message(response: requests.Response) -> str:

@@ -7,6 +7,8 @@ fails keeps its partial report in `job.meta["report"]` so the dashboard can show
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import redis
 from rq import get_current_job
@@ -31,29 +33,12 @@ def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: li
         project_id=project_id, branch=branch, trigger=trigger, shas=tuple(shas or ()),
         project_path=project_path, mr_iid=mr_iid, target_project_id=target_project_id,
         target_branch=target_branch, default_branch=default_branch, delivery=delivery, force=force)
-    try:
-        settings.require_gitlab()
-        gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
-                        pool_size=settings.delete_concurrency + 2)
-        conn = redis.Redis.from_url(settings.redis_url)
-        try:
+    with _failing_well("cleanup", cleanup.CleanupError, project_id=project_id, branch=branch, trigger=trigger):
+        with _clients(settings) as (gitlab, conn):
             sweep.remember_project(conn, project_id)  # the scheduled sweep covers it from now on
             report = cleanup.run(request, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
             _keep_report(None)  # a replay that succeeds replaces an earlier run's partial report
             return report
-        finally:
-            metrics.tally().add_requests("gitlab", gitlab.calls)
-            gitlab.close()
-            conn.close()
-    except cleanup.CleanupIncomplete as exc:
-        _keep_report(exc.report)
-        raise
-    except (ConfigError, cleanup.CleanupError, AuthError, RegistryAuthError) as exc:
-        # Retrying cannot fix a bad setting, bad arguments or a refused token: fail now, say what to fix.
-        _no_retry()
-        log.error("cleanup failed permanently", extra={"project_id": project_id, "branch": branch,
-                                                        "trigger": trigger, "error": str(exc)})
-        raise
 
 
 @metrics.observed("record_pipeline")
@@ -78,27 +63,42 @@ def record_pipeline(*, project_id: int, ref: str, sha: str, tag: bool = False,
 def sweep_project(*, project: int | str, dry_run: bool | None = None) -> dict:
     """Find the tags of branches that no longer exist in the project's registry and clean them."""
     settings = Settings.from_env()
-    try:
-        settings.require_gitlab()
-        gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
-                        pool_size=settings.delete_concurrency + 2)
-        conn = redis.Redis.from_url(settings.redis_url)
-        try:
+    with _failing_well("sweep", sweep.SweepError, project_id=project):
+        with _clients(settings) as (gitlab, conn):
             try:
                 return sweep.run_project(project, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
             except sweep.SweepError:
                 sweep.forget_project(conn, project)  # gone from GitLab: stop scheduling it
                 raise
-        finally:
-            metrics.tally().add_requests("gitlab", gitlab.calls)
-            gitlab.close()
-            conn.close()
+
+
+@contextmanager
+def _clients(settings: Settings) -> Iterator[tuple[GitLab, redis.Redis]]:
+    """The GitLab client and Redis connection of one job, closed (and their calls counted) after."""
+    settings.require_gitlab()
+    gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
+                    pool_size=settings.delete_concurrency + 2)
+    conn = redis.Redis.from_url(settings.redis_url)
+    try:
+        yield gitlab, conn
+    finally:
+        metrics.tally().add_requests("gitlab", gitlab.calls)
+        gitlab.close()
+        conn.close()
+
+
+@contextmanager
+def _failing_well(what: str, invalid: type[Exception], **fields: object) -> Iterator[None]:
+    """Keep a partial report for the dashboard; fail at once where a retry cannot help."""
+    try:
+        yield
     except cleanup.CleanupIncomplete as exc:
         _keep_report(exc.report)
         raise
-    except (ConfigError, sweep.SweepError, AuthError, RegistryAuthError) as exc:
+    except (ConfigError, invalid, AuthError, RegistryAuthError) as exc:
+        # A bad setting, bad arguments or a refused token: fail now, and say what to fix.
         _no_retry()
-        log.error("sweep failed permanently", extra={"project_id": project, "error": str(exc)})
+        log.error(f"{what} failed permanently", extra={**fields, "error": str(exc)})
         raise
 
 

@@ -28,7 +28,7 @@ from rq.job import Job, JobStatus
 from rq.registry import (CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
                          StartedJobRegistry)
 
-from workers.settings import Settings
+from workers.settings import Settings, say_redis_unreachable
 
 # How long the CLI waits on Redis: an operator at a terminal wants an answer, not a hang.
 SOCKET_TIMEOUT = 10.0
@@ -66,11 +66,7 @@ def connect(settings: Settings) -> redis.Redis:
                                 socket_connect_timeout=CONNECT_TIMEOUT)
 
 
-def _redis_down(exc: redis.RedisError) -> int:
-    # Only the error's type: its text could quote the URL, and with it a password.
-    print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
-          "start redis-server or set REDIS_URL", file=sys.stderr)
-    return 1
+_redis_down = say_redis_unreachable
 
 
 def _print_json(value: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -11,6 +12,14 @@ from workers import allowlist, rules
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "tagsweeper"
+
+
+def say_redis_unreachable(exc: BaseException) -> int:
+    """Tell a person at a terminal that Redis is down; exit status 1. Only the error's type is
+    shown: its text could quote REDIS_URL, and with it a password."""
+    print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
+          "start redis-server or set REDIS_URL", file=sys.stderr)
+    return 1
 
 
 class ConfigError(ValueError):

@@ -38,7 +38,7 @@ from workers import audit, cleanup, history, rules
 from workers.gitlab import AuthError, BadResponse, GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.report import Report
-from workers.settings import Settings
+from workers.settings import Settings, say_redis_unreachable
 from workers.tagstore import RegistryTags
 
 log = logging.getLogger("tagsweeper.sweep")
@@ -336,19 +336,8 @@ class ProjectSweep:
         return frozenset({full, *others})
 
     def _commit_refs(self, sha: str) -> tuple[str, ...] | None:
-        path = f"/projects/{self.ctx.pid}/repository/commits/{sha}/refs"
-        response = self.gl.request("GET", path, params={"type": "all", "per_page": REFS_ASKED, "page": 1})
-        if response.status_code == 404:
-            return None
-        if response.status_code == 403:
-            raise AuthError(f"GET {path}: forbidden (403)", 403)
-        try:
-            items = response.json()
-        except ValueError:
-            raise BadResponse(f"GET {path}: GitLab answered HTTP {response.status_code} with no JSON") from None
-        if not isinstance(items, list):
-            raise BadResponse(f"GET {path}: expected a list")
-        return tuple(sorted(f"{i.get('type')}:{i.get('name')}" for i in items if isinstance(i, dict)))
+        refs = self.gl.commit_refs(self.ctx.pid, sha, limit=REFS_ASKED)
+        return None if refs is None else tuple(sorted(f"{kind}:{name}" for kind, name in refs))
 
     # -- acting ---------------------------------------------------------------------------------
     def apply(self, repo: dict, verdicts: list[rules.SweepVerdict]) -> int:
@@ -387,9 +376,12 @@ def _path(repo: dict) -> str:
 
 def run_project(project: int | str, *, gitlab: GitLab, conn: redis.Redis, settings: Settings,
                 dry_run: bool | None = None, page_size: int = PAGE_SIZE,
-                progress: Progress | None = None) -> dict:
+                progress: Progress | None = None, by_operator: bool = False) -> dict:
     """Sweep one project; return its report. Raises SweepError for an unknown project and
-    cleanup.CleanupIncomplete (with the report) when some deletions failed transiently."""
+    cleanup.CleanupIncomplete (with the report) when some deletions failed transiently.
+
+    A scheduled sweep is held to ALLOWED_PROJECTS like an event cleanup (a delivery's claims
+    put projects in the schedule); a sweep an operator runs by hand is their own choice."""
     dry = settings.dry_run if dry_run is None else dry_run
     ctx = cleanup.Context(gitlab, conn, settings, dry)
     try:
@@ -397,13 +389,18 @@ def run_project(project: int | str, *, gitlab: GitLab, conn: redis.Redis, settin
     except NotFound:
         raise SweepError(f"project {project!r} not found (or GITLAB_TOKEN cannot see it)") from None
     report = Report(ctx.pid, None, "sweep", dry, None, ctx.project.get("path_with_namespace"))
-    audit.attach(report, conn, settings)
+    trail = audit.attach(report, conn, settings)
+    if not by_operator and not settings.allowed_projects.allows(ctx.pid, ctx.project.get("path_with_namespace")):
+        report.skip(f"project {report.project_path or ctx.pid} is not allowed by ALLOWED_PROJECTS")
+        trail.skipped(report)
+        forget_project(conn, project)
+        return report.as_dict()
     return ProjectSweep(ctx, report, page_size=page_size, progress=progress).run()
 
 
 def run_group(group: int | str, *, gitlab: GitLab, conn: redis.Redis, settings: Settings,
               dry_run: bool | None = None, page_size: int = PAGE_SIZE,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, by_operator: bool = False) -> dict:
     """Sweep every project of a group and its subgroups; one project's trouble does not stop the rest."""
     dry = settings.dry_run if dry_run is None else dry_run
     try:
@@ -416,7 +413,7 @@ def run_group(group: int | str, *, gitlab: GitLab, conn: redis.Redis, settings: 
     for pid, path in projects:
         try:
             reports.append(run_project(pid, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry,
-                                       page_size=page_size, progress=progress))
+                                       page_size=page_size, progress=progress, by_operator=by_operator))
         except cleanup.CleanupIncomplete as exc:
             reports.append(exc.report)
             failed += 1
@@ -579,7 +576,7 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
                     pool_size=settings.delete_concurrency + 2)
     conn = redis.Redis.from_url(settings.redis_url)
     options = dict(gitlab=gitlab, conn=conn, settings=settings, dry_run=True if args.dry_run else None,
-                   progress=terminal)
+                   progress=terminal, by_operator=True)  # the operator's choice, like a manual cleanup
     status = 0
     try:
         if args.group is not None:
@@ -596,9 +593,7 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tagsweeper: {exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
-              "start redis-server or set REDIS_URL", file=sys.stderr)
-        return 1
+        return say_redis_unreachable(exc)
     finally:
         if terminal:
             terminal.clear()

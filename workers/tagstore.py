@@ -92,6 +92,12 @@ class RegistryTags:
         client, path = self._where(repo)
         return client.delete_tag(path, tag, expected_digest=expected)
 
+    def delete_many(self, repo: dict, tags: list[str]) -> list:
+        """Delete these tags of one repository, each resolved once right before it is rewritten
+        (no separate find): per tag (outcome, digest) or the RegistryError it failed with."""
+        client, path = self._where(repo)
+        return client.delete_tags(path, tags)
+
     def calls(self) -> dict:
         total: dict = {}
         for client in self._clients.values():

@@ -209,7 +209,7 @@ class Group:
 class Fault:
     method: str
     path_regex: re.Pattern
-    status: int
+    status: int | None  # None: only the delay, then the real answer
     times: int
     headers: dict
     delay: float
@@ -355,7 +355,7 @@ class GitLabEmulator:
         return sum(1 for m, p, _ in self.requests
                    if (method is None or m == method.upper()) and (rx is None or rx.search(p)))
 
-    def inject_fault(self, method: str, path_regex: str, status: int, times: int = 1,
+    def inject_fault(self, method: str, path_regex: str, status: int | None, times: int = 1,
                      headers: dict | None = None, delay: float = 0.0, body: dict | None = None,
                      drop: bool | str = False) -> None:
         """The next `times` requests matching method ('*' = any) and path_regex (re.search on
@@ -364,7 +364,8 @@ class GitLabEmulator:
 
         drop=True closes the connection instead of answering (nothing is done); drop="after"
         does the request, then closes the connection before the answer, so the client never
-        learns that it worked. The request log records a dropped request with status 0."""
+        learns that it worked. The request log records a dropped request with status 0.
+        status=None only sleeps `delay`, then serves the request as usual: a slow GitLab."""
         with self.lock:
             self._faults.append(Fault(method.upper(), re.compile(path_regex), status, times,
                                       dict(headers or {}), delay, body, drop))
@@ -407,7 +408,7 @@ class GitLabEmulator:
                 self._stopping.wait(fault.delay)
             if fault.drop:
                 req.environ["emulator.drop"] = True  # _wsgi closes the connection instead of answering
-            if fault.drop != "after":
+            if fault.drop != "after" and fault.status is not None:
                 body = fault.body if fault.body is not None else {"message": _status_line(fault.status)}
                 resp = self._json(body, fault.status)
                 resp.headers.update(fault.headers)

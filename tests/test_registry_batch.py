@@ -1,0 +1,84 @@
+"""Registry.delete_tags: many tags of one repository in about two requests each, on the real
+docker-registry 2.8 (no OCI delete by tag: the shared-tombstone fallback).
+
+The safety property is the same as delete_tag's: exactly the given tags go, never a digest
+another tag points at (`latest` on the same image stays).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_registry_client import make_client, shop  # noqa: F401 - fixtures
+from workers import registry as reg
+
+
+def test_deletes_exactly_the_given_tags_with_one_tombstone(gitlab, make_client, shop):  # noqa: F811
+    rc = gitlab.registry_client
+    doomed = [f"feature-{i}" for i in range(12)]
+    shared = rc.push_image(shop, doomed[:6] + ["latest", "v1.0"], content="shared")
+    own = {t: rc.push_image(shop, [t], content=f"own-{t}") for t in doomed[6:]}
+    rc.push_image(shop, ["warm-up"])
+    client = make_client()
+    client.delete_tag(shop, "warm-up")  # finds out, once, that this registry refuses DELETE by tag
+    client.recorder.clear()
+
+    results = client.delete_tags(shop, doomed + ["no-such-tag"])
+
+    assert results[:6] == [("deleted", shared)] * 6
+    assert results[6:12] == [("deleted", own[t]) for t in doomed[6:]]
+    assert results[12] == ("absent", None)
+    assert sorted(rc.tags(shop)) == ["latest", "v1.0"]
+    assert rc.resolve(shop, "latest") == shared and rc.manifest(shop, shared) is not None
+    # Each tag: one HEAD, one PUT of the same tombstone; then one DELETE of that tombstone's digest.
+    puts = [p for m, p, s in client.recorder.seen if m == "PUT" and "/manifests/" in p]
+    assert len(puts) == 12
+    deletes = [p for m, p, s in client.recorder.seen if m == "DELETE" and "/manifests/sha256:" in p
+               and reg.NO_SUCH_DIGEST not in p]
+    assert len(deletes) == 1 and shared not in deletes[0]
+    heads = client.recorder.count("HEAD", "/manifests/")
+    assert heads == 13  # one per tag (the repository's dummy config is in place since the warm-up)
+
+
+def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, make_client, shop, monkeypatch):  # noqa: F811
+    rc = gitlab.registry_client
+    rc.push_image(shop, ["feature-a", "feature-b", "warm-up"], content="old")
+    client = make_client()
+    client.delete_tag(shop, "warm-up")
+    put = client._put_tombstone
+    fresh = {}
+
+    def put_then_ci_pushes(repo, tag, config, annotation=None):
+        digest = put(repo, tag, config, annotation)
+        if tag == "feature-a":  # CI pushes feature-a again between its overwrite and the DELETE
+            fresh["digest"] = rc.push_image(shop, ["feature-a"], content="new")
+        return digest
+
+    monkeypatch.setattr(client, "_put_tombstone", put_then_ci_pushes)
+    client.delete_tags(shop, ["feature-a", "feature-b"])
+    assert rc.resolve(shop, "feature-a") == fresh["digest"]
+    assert rc.resolve(shop, "feature-b") is None
+
+
+def test_batches_and_nothing_written_where_nothing_exists(gitlab, make_client, shop, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(reg, "TOMBSTONE_BATCH", 4)
+    rc = gitlab.registry_client
+    doomed = [f"f-{i}" for i in range(10)]
+    rc.push_image(shop, doomed + ["keep"], content="ten")
+    client = make_client()
+    assert [r[0] for r in client.delete_tags(shop, doomed)] == ["deleted"] * 10
+    assert sorted(rc.tags(shop)) == ["keep"]
+    tombstone_deletes = [p for m, p, s in client.recorder.seen if m == "DELETE" and "/manifests/sha256:" in p
+                         and reg.NO_SUCH_DIGEST not in p]
+    assert len(tombstone_deletes) == 3  # batches of 4, 4 and 2 (the first tag, whose DELETE by tag was refused, too)
+    assert client.recorder.count("DELETE", "/manifests/f-", 400) == 1  # probed once
+    client.recorder.clear()
+    assert client.delete_tags("acme/shop/never-pushed", ["a", "b"]) == [("absent", None)] * 2
+    assert client.recorder.count("PUT") == 0 and client.recorder.count("POST") == 0
+
+
+def test_a_refused_token_raises(gitlab, make_client, shop):  # noqa: F811
+    gitlab.registry_client.push_image(shop, ["x"])
+    client = make_client(password="wrong")
+    with pytest.raises(reg.AuthError):
+        client.delete_tags(shop, ["x"])
