@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import platform
 import re
 import shutil
@@ -29,7 +30,7 @@ from tests.support.registry import DOCKER_MANIFEST_V2, RegistryServer  # noqa: E
 
 RESULTS = ROOT / "bench" / "results"
 CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / ".run" / "bench-cache"))  # .run/ is git-ignored
-WORK = Path(os.environ.get("BENCH_WORK", "/tmp/tagsweeper-bench"))
+WORK = Path(os.environ.get("BENCH_WORK") or Path(tempfile.gettempdir()) / "tagsweeper-bench")
 
 _ACCESS = re.compile(rb'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/1\.[01]" (\d{3}) \S+ "[^"]*" "([^"]*)"')
 
@@ -188,6 +189,11 @@ def machine() -> dict:
     }
 
 
+def without_dirs(command: str) -> str:
+    """A command line with directories dropped from its paths: what ran, not where it lives."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/]+/)+", "", command)
+
+
 def load() -> dict:
     """The 1-minute load average and the busiest processes that are not this benchmark's."""
     mine = {os.getpid()}
@@ -200,7 +206,7 @@ def load() -> dict:
         pid, ppid, pcpu, args = int(parts[0]), int(parts[1]), float(parts[2]), parts[3]
         if pid in mine or ppid in mine or pcpu < 5.0 or args.startswith("ps "):
             continue
-        busy.append(f"{pcpu:.0f}% {args[:90]}")
+        busy.append(f"{pcpu:.0f}% {without_dirs(args)[:90]}")
     return {"loadavg": Path("/proc/loadavg").read_text().split()[:3], "busy": busy[:6],
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -1,6 +1,6 @@
 """Benchmark 1, intake: wrk against gunicorn serving POST /hooks/gitlab with real merge deliveries.
 
-    .venv/bin/python -m bench.intake                 # 3 interleaved rounds of 10 s per variant
+    .venv/bin/python -m bench.intake                 # 4 rounds of (bare, candidate) pairs, 5 s per wrk run
     .venv/bin/python -m bench.intake --rounds 5 --duration 15 --connections 4
 
 Every request is a valid merge delivery (the example payload, real token) and a DISTINCT cleanup:
@@ -12,11 +12,13 @@ each in its own gunicorn, against one redis-server started here:
 - pipelined: bare + one pipelined Redis write (SET NX + RPUSH): one round trip;
 - naive: bare + a plain RQ `Queue.enqueue` per delivery;
 - tagsweeper: `hooks:create_app()` with the default CLEANUP_DELAY=60 (a scheduled job);
-- tagsweeper-delay0: the same with CLEANUP_DELAY=0 (an immediately queued job).
+- tagsweeper-delay0: the same with CLEANUP_DELAY=0 (an immediately queued job);
+- tagsweeper-nometrics: a diagnostic, not a configuration: tagsweeper with the /metrics delivery
+  counter switched off, to measure what its round trip costs.
 
-Rounds are interleaved (the order rotates each round) and every variant's throughput is divided
-by bare's from the same round: the machine is shared, so only ratios measured side by side mean
-anything. The figures are the medians over rounds. Redis is emptied before each wrk run, and
+Each candidate runs as a pair with bare, back to back (who goes first alternates, the order of
+candidates rotates each round), and its throughput is divided by that bare run's: the machine is
+shared, so only ratios measured side by side mean anything. The figures are the medians over rounds. Redis is emptied before each wrk run, and
 tagsweeper's own counters are checked afterwards: every answered request must have enqueued.
 
 Also printed: Redis round trips per delivery of each variant (counted in-process by wrapping
@@ -26,7 +28,6 @@ redis-py's send_packed_command, after a warm-up delivery).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from pathlib import Path
 import redis
 import requests
 
-from bench.common import (ROOT, WORK, LoadSampler, RedisServer, free_port, load, machine, median, save, stop,
+from bench.common import (ROOT, WORK, LoadSampler, RedisServer, free_port, machine, median, save, stop,
                           wait_for_port)
 
 PAYLOADS = ROOT.parent / "shared" / "reference" / "payloads"
@@ -49,8 +50,9 @@ VARIANTS = {
     "naive": ("bench.intake_apps:create_app('naive')", {}),
     "tagsweeper": ("hooks:create_app()", {"CLEANUP_DELAY": "60"}),
     "tagsweeper-delay0": ("hooks:create_app()", {"CLEANUP_DELAY": "0"}),
+    "tagsweeper-nometrics": ("bench.intake_apps:create_app('tagsweeper-nometrics')", {"CLEANUP_DELAY": "60"}),
 }
-TAGSWEEPER = ("tagsweeper", "tagsweeper-delay0")
+TAGSWEEPER = ("tagsweeper", "tagsweeper-delay0", "tagsweeper-nometrics")
 
 
 def merge_body() -> dict:
@@ -130,6 +132,8 @@ def round_trips(redis_url: str) -> dict:
     rc.AbstractConnection.send_packed_command = spy
     try:
         for name, (app, env) in VARIANTS.items():
+            if name == "tagsweeper-nometrics":
+                continue
             if name in TAGSWEEPER:
                 flask_app = create_app({"WEBHOOK_SECRET": SECRET, "REDIS_URL": redis_url,
                                         "CLEANUP_DELAY": int(env["CLEANUP_DELAY"]), "LOG_FORMAT": "json"})
@@ -157,8 +161,8 @@ def round_trips(redis_url: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (the Procfile's default)")
@@ -193,28 +197,44 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names):  # warm-up: connections, script cache, first-request costs
             run_wrk(procs[name][1], 2, args.connections, args.threads, {**wrk_env, "BENCH_SALT": str(90 + i)})
         runs: dict[str, list[dict]] = {n: [] for n in names}
+        pairs: dict[str, list[float]] = {n: [] for n in names if n != "bare"}
+        candidates = [n for n in names if n != "bare"]
         salt = 0
         with LoadSampler() as sampler:
             for r in range(args.rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
-                for name in order:
-                    conn.flushall()
-                    salt += 1
-                    res = run_wrk(procs[name][1], args.duration, args.connections, args.threads,
-                                  {**wrk_env, "BENCH_SALT": str(salt)})
-                    res["round"] = r
-                    if name in TAGSWEEPER:
-                        time.sleep(0.3)
-                        res["enqueued"] = enqueued_count(conn)
-                        res["jobs_in_redis"] = (conn.zcard("rq:scheduled:tagsweeper") if name == "tagsweeper"
-                                                else conn.llen("rq:queue:tagsweeper"))
-                    runs[name].append(res)
-                    print(f"round {r + 1} {name:18s} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:6.1f} ms"
-                          f"  non-2xx {res['non_2xx']}" + (f"  enqueued {res['enqueued']}/{res['requests']}"
-                                                            if 'enqueued' in res else ""), flush=True)
+                order = candidates[r % len(candidates):] + candidates[:r % len(candidates)]
+                for k, cand in enumerate(order):
+                    # bare and the candidate back to back (which goes first alternates): the ratio of a pair
+                    # is measured under (nearly) the same background load.
+                    pair = ["bare", cand] if (r + k) % 2 == 0 else [cand, "bare"]
+                    got = {}
+                    for name in pair:
+                        conn.flushall()
+                        salt += 1
+                        res = run_wrk(procs[name][1], args.duration, args.connections, args.threads,
+                                      {**wrk_env, "BENCH_SALT": str(salt)})
+                        res["round"] = r
+                        if name in TAGSWEEPER:
+                            time.sleep(0.3)
+                            res["enqueued"] = (enqueued_count(conn) if name != "tagsweeper-nometrics"
+                                               else conn.zcard("rq:scheduled:tagsweeper"))
+                            res["jobs_in_redis"] = (conn.zcard("rq:scheduled:tagsweeper") if name != "tagsweeper-delay0"
+                                                    else conn.llen("rq:queue:tagsweeper"))
+                            # Every answered request enqueued (the counter can trail the jobs by in-flight ones).
+                            assert res["enqueued"] >= res["requests"], res
+                            assert 0 <= res["jobs_in_redis"] - res["enqueued"] <= args.connections, res
+                        runs[name].append(res)
+                        got[name] = res
+                    ratio = got[cand]["rps"] / got["bare"]["rps"] if got["bare"]["rps"] else float("nan")
+                    pairs[cand].append(ratio)
+                    print(f"round {r + 1} {cand:18s} {got[cand]['rps']:8.1f} req/s vs bare {got['bare']['rps']:8.1f}"
+                          f"  ratio {ratio:5.2f}  p99 {got[cand]['p99_ms']:6.1f} ms (bare {got['bare']['p99_ms']:5.1f})"
+                          f"  non-2xx {got[cand]['non_2xx']}"
+                          + (f"  enqueued {got[cand]['enqueued']}/{got[cand]['requests']}" if 'enqueued' in got[cand] else ""),
+                          flush=True)
         summary = {}
         for name in names:
-            ratios = [run["rps"] / base["rps"] for run, base in zip(runs[name], runs["bare"]) if base["rps"]]
+            ratios = pairs.get(name, [1.0] * len(runs[name]))
             summary[name] = {
                 "rps_median": median([x["rps"] for x in runs[name]]),
                 "ratio_to_bare_median": median(ratios),
@@ -232,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:18s} {s['rps_median']:8.1f} {s['ratio_to_bare_median']:6.2f} {s['p50_ms_median']:7.1f} "
                   f"{s['p99_ms_median']:7.1f} {s['round_trips'] if s['round_trips'] is not None else '-':>4}  "
                   f"{s['ratios']}")
-        for name in TAGSWEEPER:
+        for name in ("tagsweeper", "tagsweeper-delay0"):
             if name in summary:
                 s = summary[name]
                 ok = s["ratio_to_bare_median"] >= 0.5 and s["p99_ms_median"] < 20

@@ -64,7 +64,7 @@ from hypothesis import strategies as st
 from workers import rules
 from workers.rules import Facts, Policy, plan
 
-# --- ground truth, written from /work/shared/reference/gitlab.md, not from rules.py ------------
+# --- ground truth, written from ../shared/reference/gitlab.md, not from rules.py ------------
 
 DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")   # gitlab.md "Tag names CI gives images"
 PROTECTED = re.compile(rules.DEFAULT_PROTECTED_TAGS)              # the setting's default: config, not logic

@@ -6,7 +6,7 @@ container-registry endpoints are backed by a real docker-registry (`RegistryServ
 tag lists are read live from it and single tags are deleted the way GitLab does on a
 third-party registry (retag onto a unique manifest, delete that digest).
 
-Behaviour follows GitLab's documentation (see /work/shared/reference/gitlab.md):
+Behaviour follows GitLab's documentation (see ../shared/reference/gitlab.md):
 auth by `PRIVATE-TOKEN` or `Authorization: Bearer`, `:id` as number or URL-encoded
 path, offset pagination headers and `Link`, error bodies `{"message": "404 ... Not Found"}`,
 and `/jwt/auth` issuing registry tokens.
