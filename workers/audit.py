@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import redis
 
 from workers import metrics
-from workers.settings import ConfigError, say_redis_unreachable
+from workers.settings import say_redis_unreachable, whole_number
 
 log = logging.getLogger("tagsweeper.audit")
 
@@ -47,17 +47,7 @@ _CREDENTIALS = re.compile(
 
 def parse_max_entries(env: Mapping[str, str] | None = None) -> int:
     """AUDIT_MAX_ENTRIES, read when a job or command starts."""
-    env = os.environ if env is None else env
-    raw = env.get("AUDIT_MAX_ENTRIES", "").strip()
-    if not raw:
-        return DEFAULT_MAX_ENTRIES
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"AUDIT_MAX_ENTRIES={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"AUDIT_MAX_ENTRIES must be at least 1, got {value}")
-    return value
+    return whole_number(os.environ if env is None else env, "AUDIT_MAX_ENTRIES", DEFAULT_MAX_ENTRIES, minimum=1)
 
 
 # Names, not prose: only known secrets are blanked in them (a tag may look like anything).

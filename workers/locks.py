@@ -50,18 +50,9 @@ return 0
 
 def ttl_from_env(env=None) -> int:
     """CLEANUP_LOCK_TTL: whole seconds >= 1 (default 60)."""
-    from workers.settings import ConfigError
+    from workers.settings import whole_number
 
-    raw = (os.environ if env is None else env).get(TTL_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_TTL
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{TTL_VARIABLE}={raw!r} is not a whole number of seconds") from None
-    if value < 1:
-        raise ConfigError(f"{TTL_VARIABLE} must be at least 1 second, got {value}")
-    return value
+    return whole_number(os.environ if env is None else env, TTL_VARIABLE, DEFAULT_TTL, minimum=1)
 
 
 def _holder() -> str:

@@ -35,7 +35,8 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}={value!r} is not a boolean: use 1 or 0")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def whole_number(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    """An integer setting: empty means the default; anything else must be a whole number >= minimum."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -167,16 +168,16 @@ class Settings:
             registry_user=env.get("REGISTRY_USER", "").strip() or "tagsweeper",
             sweep_cron=_cron(env, "SWEEP_CRON"),
             sweep_projects=_projects(env, "SWEEP_PROJECTS"),
-            sweep_timeout=_int(env, "SWEEP_TIMEOUT", 14400, minimum=60),
+            sweep_timeout=whole_number(env, "SWEEP_TIMEOUT", 14400, minimum=60),
             redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
             queue=env.get("RQ_QUEUE", "").strip() or DEFAULT_QUEUE,
             gitlab_url=gitlab_url,
             gitlab_token=env.get("GITLAB_TOKEN", "").strip(),
             dry_run=_flag(env, "DRY_RUN"),
             policy=policy,
-            delete_concurrency=_int(env, "DELETE_CONCURRENCY", 4, minimum=1),
+            delete_concurrency=whole_number(env, "DELETE_CONCURRENCY", 4, minimum=1),
             http_timeout=_float(env, "HTTP_TIMEOUT", 30.0),
-            pipeline_memory_days=_int(env, "PIPELINE_MEMORY_DAYS", 90, minimum=1),
-            pipeline_memory_cap=_int(env, "PIPELINE_MEMORY_CAP", 500, minimum=1),
+            pipeline_memory_days=whole_number(env, "PIPELINE_MEMORY_DAYS", 90, minimum=1),
+            pipeline_memory_cap=whole_number(env, "PIPELINE_MEMORY_CAP", 500, minimum=1),
             log_format=log_format,
         )
