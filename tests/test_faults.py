@@ -24,6 +24,7 @@ import requests
 from rq import Worker
 from rq.job import Job
 
+from tests.support.faultproxy import FaultProxy
 from tests.support.procs import RedisServer
 from tests.support.service import ROOT, Service, load_payload
 from tests.test_e2e import EARLIER, FEATURE, LAST, assert_registry, make_shop, merge_payload, mode_env
@@ -421,3 +422,147 @@ def test_branch_lock_of_a_killed_holder_expires(redis_url):
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+# --- the registry itself misbehaving (registry mode, through a fault-injecting proxy) --------------
+# REGISTRY_URL is a FaultProxy in front of the real docker-registry; tokens still come from the
+# emulator's /jwt/auth. On distribution 2.8 a tag goes by the tombstone fallback: HEAD the tag, PUT a
+# tombstone onto it, DELETE the tombstone's digest (after one refused DELETE by tag, a deletes-enabled
+# check on a digest nothing has, and the dummy config's upload).
+
+BY_TAG = r"/manifests/(?!sha256:)"  # HEAD, PUT or DELETE of a tag
+TOMBSTONE = r"/manifests/sha256:(?!0{64}$)"  # DELETE of a tombstone by digest, not the deletes-enabled check
+SLOW = 2.5  # a hang: more than HTTP_TIMEOUT=1 (the client gives up and asks again), then the answer
+
+
+@pytest.fixture
+def registry_proxy(gitlab_stack):
+    proxy = FaultProxy(gitlab_stack.registry.url)
+    yield proxy
+    proxy.stop()
+
+
+def registry_faults(kind: str, repo: str) -> list[tuple[str, str, int | None, dict]]:
+    """(method, path regex, status, options) for FaultProxy.inject_fault."""
+    if kind == "5xx":
+        return [("HEAD", BY_TAG, 502, {"times": 2}), ("DELETE", BY_TAG, 500, {"times": 1}),
+                ("PUT", BY_TAG, 503, {"times": 2}), ("DELETE", TOMBSTONE, 500, {"times": 1}),
+                ("POST", r"/blobs/uploads/$", 503, {"times": 1})]
+    if kind == "429":  # one repository's requests, made one after another: the three waits add up
+        return [("*", rf"^/v2/{re.escape(repo)}/manifests/", 429, {"times": 3, "headers": {"Retry-After": "1"}})]
+    if kind == "hang":
+        return [("HEAD", BY_TAG, None, {"times": 1, "delay": SLOW}),  # slow, then answered to a closed socket
+                # Never done: a late 504. (A tombstone PUT done late, after its retry and the tombstone's
+                # DELETE, would put the tag back on a tombstone: no client can undo a write it never saw.)
+                ("PUT", BY_TAG, 504, {"times": 1, "delay": SLOW}),
+                ("DELETE", TOMBSTONE, None, {"times": 1, "delay": SLOW})]  # done late, after the retry did it
+    assert kind == "drop"  # closed without an answer: before the registry saw it, or after it did the work
+    return [("HEAD", BY_TAG, None, {"times": 1, "drop": True}),
+            ("PUT", BY_TAG, None, {"times": 1, "drop": "after"}),
+            ("DELETE", TOMBSTONE, None, {"times": 1, "drop": "after"})]
+
+
+def served(proxy: FaultProxy, method: str, path: str) -> list:
+    """The proxy's log entries where a fault injected as (method, path) was served."""
+    return [e for e in proxy.entries if e.fault and (method == "*" or e.method == method) and re.search(path, e.path)]
+
+
+def stray_registry_writes(proxy: FaultProxy, repos: list[str], digests: dict) -> list:
+    """Registry requests outside the project's repositories, and writes to anything but a planned
+    tag or a digest no pushed image has (the tombstones, the deletes-enabled check)."""
+    repo = "|".join(re.escape(r) for r in sorted(repos, key=len, reverse=True))
+    images = set(digests.values())
+    stray = []
+    for e in proxy.entries:
+        m = re.fullmatch(rf"/v2/(?:({repo})/(manifests/(.+)|blobs/.*|tags/list))?", e.path)
+        if not m:
+            stray.append(e)
+        elif m[3] and e.method in ("PUT", "DELETE"):
+            ref = m[3]
+            if (ref in images) if ref.startswith("sha256:") else (ref not in GONE):
+                stray.append(e)
+    return stray
+
+
+@pytest.mark.parametrize("kind", ["5xx", "429", "hang", "drop"])
+def test_registry_faults_during_a_cleanup_are_retried_and_it_finishes(gitlab, redis_url, start_service,
+                                                                      registry_proxy, kind):
+    """The registry answers 500/502/503, 429 with Retry-After, hangs past HTTP_TIMEOUT or drops
+    the connection during a cleanup: the client's own retries ride it out, the cleanup finishes,
+    exactly the planned tags are gone and `latest` (on the same image) and the rest stay."""
+    svc = start_service(redis_url, "registry", REGISTRY_URL=registry_proxy.url,
+                        HTTP_TIMEOUT="1" if kind == "hang" else "10")
+    project, repos, digests = make_shop(gitlab)
+    faults = registry_faults(kind, repos[0])
+    for method, path, status, options in faults:
+        registry_proxy.inject_fault(method, path, status, **options)
+    response = svc.post(merge_payload(project), "Merge Request Hook", key=f"registry-{kind}")
+    assert response.status_code == 202, response.text
+    job = svc.wait_for_job(response.json()["job_id"], timeout=60)
+
+    assert job.get_status() == "finished", svc.logs()[-4000:]
+    assert job.retries_left == 3  # no job retry was needed
+    assert_cleaned_once(job.return_value(), repos, GONE)
+    assert_registry(gitlab, repos, digests, GONE)
+    assert gitlab.count("DELETE") == 0  # every tag went through the registry, i.e. the proxy
+    # Every injected fault was served (a hang is logged when its late answer is written).
+    for method, path, status, options in faults:
+        wait_until(lambda m=method, p=path, n=options["times"]: len(served(registry_proxy, m, p)) >= n,
+                   SLOW + 5, f"fault {method} {path} served", svc)
+    assert stray_registry_writes(registry_proxy, repos, digests) == []
+    log = registry_proxy.entries
+    if kind == "5xx":
+        assert {e.status for e in log if e.fault} == {500, 502, 503}
+    if kind == "429":
+        faulted = [e for e in log if e.fault]
+        assert [e.status for e in faulted] == [429] * 3
+        for e in faulted:  # the client asked again only once Retry-After: 1 had passed
+            again = next(n for n in log if n.arrived > e.arrived and (n.method, n.path) == (e.method, e.path))
+            assert again.arrived - e.arrived >= 0.95, (e, again)
+    if kind == "hang":
+        assert "ReadTimeout" in svc.logs()  # the client gave up after HTTP_TIMEOUT and asked again
+        late = served(registry_proxy, "DELETE", TOMBSTONE)[0]
+        # Its retry deleted the tombstone; the hung request reached the registry afterwards: 404.
+        assert late.status == 404 and ("DELETE", late.path, 202) in registry_proxy.requests
+    if kind == "drop":
+        assert "ConnectionError" in svc.logs()
+        assert {e.status for e in log if e.fault} == {0}
+        dropped = served(registry_proxy, "DELETE", TOMBSTONE)[0]
+        # The tombstone was deleted but the answer lost; the retry found it gone (404): a success.
+        retry = next(e for e in log if e.arrived > dropped.arrived and e.path == dropped.path)
+        assert (retry.method, retry.status) == ("DELETE", 404)
+
+
+def test_registry_failing_past_the_client_retries_leaves_a_failed_job_that_a_replay_finishes(
+        gitlab, redis_url, start_service, registry_proxy):
+    """The registry answers 503 to everything for longer than the client's retries and the job's
+    CLEANUP_RETRIES: the job fails with the reason, nothing is deleted; once the registry is back,
+    replaying the failed job (the dashboard's "requeue") finishes the cleanup."""
+    svc = start_service(redis_url, "registry", REGISTRY_URL=registry_proxy.url, CLEANUP_RETRIES="1")
+    project, repos, digests = make_shop(gitlab)
+    registry_proxy.inject_fault("*", r"^/v2/", 503, times=-1)
+    response = svc.post(merge_payload(project), "Merge Request Hook", key="registry-down")
+    job_id = response.json()["job_id"]
+    job = svc.wait_for_job(job_id, timeout=90)
+
+    assert job.get_status() == "failed", svc.logs()[-4000:]
+    assert job.retries_left == 0  # its CLEANUP_RETRIES=1 retry was spent too
+    message = job.latest_result().exc_string
+    assert "tag deletion(s) failed" in message and "still failing after 4 attempts (HTTP 503)" in message
+    report = job.meta["report"]
+    assert report["summary"]["failed"] == len(repos) * len(GONE)
+    assert all("HTTP 503" in d["reason"] for d in report["decisions"] if d["decision"] == "failed")
+    # Nothing but 503 was answered. Each attempt spent the client's 4 tries at least once, and at
+    # most once per repository: the other tags failed with it unasked, not each after 4 tries more.
+    assert {s for _, _, s in registry_proxy.requests} == {503}
+    assert 2 * 4 <= len(registry_proxy.requests) <= 2 * len(repos) * 4
+    assert_registry(gitlab, repos, digests, set())
+
+    registry_proxy.clear_faults()  # the registry is back
+    Job.fetch(job_id, connection=redis.Redis.from_url(redis_url)).requeue()
+    job = svc.wait_for_job(job_id, timeout=60)
+    assert job.get_status() == "finished", svc.logs()[-4000:]
+    assert "report" not in job.meta  # the failed run's partial report is gone with it
+    assert_cleaned_once(job.return_value(), repos, GONE)
+    assert_registry(gitlab, repos, digests, GONE)
+    assert stray_registry_writes(registry_proxy, repos, digests) == []

@@ -564,6 +564,12 @@ class Registry:
                     results[i] = result
             except AuthError:
                 raise
+            except TransientError as exc:
+                # The client's own retries ran out: the registry is failing. Every other tag would
+                # wait out the same retries in turn; they fail with it now, for the job's retry.
+                for j in pending:
+                    results[j] = exc
+                return results
             except RegistryError as exc:
                 results[i] = exc
             pending.pop(0)
@@ -614,6 +620,9 @@ class Registry:
                             f"after {self.attempts} attempts; nothing was changed")
                 except AuthError:
                     raise
+                except TransientError as exc:  # as in delete_tags: the rest fail with it, unasked
+                    results[i:] = [exc] * (len(tags) - i)
+                    break
                 except RegistryError as exc:
                     results[i] = exc
             if written and tombstone is not None:
