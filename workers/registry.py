@@ -579,7 +579,10 @@ class Registry:
                 results[i] = result
         return results
 
-    def _delete_by_shared_tombstone(self, repo: str, tags: list[str]) -> list:
+    def _delete_by_shared_tombstone(self, repo: str, tags: list[str],
+                                    expected: list[str | None] | None = None) -> list:
+        """Overwrite each tag with this batch's tombstone (resolved right before, and skipped as
+        "changed" where it no longer points at its `expected` digest), then delete the tombstone."""
         results: list = [None] * len(tags)
         annotation = secrets.token_hex(16)  # one tombstone for this batch, shared with no other tag
         tombstone: str | None = None
@@ -602,6 +605,9 @@ class Registry:
                         digest = self._resolve(repo, tag)
                         if digest is None:
                             results[i] = ("absent", None)
+                            break
+                        if expected and expected[i] is not None and digest != expected[i]:
+                            results[i] = self._changed(repo, tag, digest)
                             break
                         put = self._put_tombstone(repo, tag, config, annotation)
                         if put is None:  # the blob link was being rewritten (or is gone): re-check, retry
@@ -686,36 +692,11 @@ class Registry:
             self._deletes_checked = True
 
     def _delete_by_tombstone(self, repo: str, tag: str, expected: str | None) -> tuple[str, str | None]:
-        with self.repo_lock(repo):
-            with self._lock:
-                config = self._dummy_configs.get(repo)
-            if config is None:
-                # First tombstone in this repository: check cheaply that there is work to do
-                # before uploading anything (an upload would create a missing repository).
-                if self._resolve(repo, tag) is None:
-                    return "absent", None
-                self._check_deletes_enabled(repo)
-                config = self._dummy_config(repo)
-            for attempt in range(1, self.attempts + 1):
-                # From this HEAD to the PUT nothing else is sent: the race window stays one round trip.
-                digest = self._resolve(repo, tag)
-                if digest is None:
-                    return "absent", None
-                if expected is not None and digest != expected:
-                    return self._changed(repo, tag, digest)
-                tombstone = self._put_tombstone(repo, tag, config)
-                if tombstone is None:
-                    # The blob link was being rewritten (or the blob is gone): re-check, retry.
-                    with self._lock:
-                        self._dummy_configs.pop(repo, None)
-                    if attempt < self.attempts:
-                        self._sleep(self.backoff * (2 ** (attempt - 1)))
-                        config = self._dummy_config(repo)
-                    continue
-                self._delete_tombstone(repo, tag, tombstone)
-                return "deleted", digest
-            raise TransientError(f"PUT tombstone on {repo}:{tag}: the registry kept answering "
-                                 f"MANIFEST_BLOB_UNKNOWN after {self.attempts} attempts; nothing was changed")
+        """One tag the fallback way: a batch of one."""
+        result = self._delete_by_shared_tombstone(repo, [tag], [expected])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _dummy_config(self, repo: str) -> dict:
         """The descriptor of the dummy config blob in `repo`, uploaded once per repository."""
