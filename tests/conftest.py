@@ -24,6 +24,14 @@ def redis_url(redis_server):
     return redis_server.url
 
 
+@pytest.fixture
+def conn(redis_url):
+    """A client of the emptied real redis-server."""
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
 # --- GitLab emulator + real docker-registry -------------------------------------------
 
 class GitLabStack:

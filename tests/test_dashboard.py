@@ -13,7 +13,6 @@ import logging
 import time
 
 import pytest
-import redis
 import requests
 from rq import Queue, SimpleWorker
 from rq.job import Job
@@ -42,13 +41,6 @@ def make_app(redis_url: str, **overrides):
               "DASHBOARD_USER": USER, "DASHBOARD_PASSWORD": PASSWORD}
     config.update(overrides)
     return create_app({k: v for k, v in config.items() if v is not None})
-
-
-@pytest.fixture
-def conn(redis_url):
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -52,13 +52,6 @@ def make_app(redis_url: str, **overrides):
 
 
 @pytest.fixture
-def conn(redis_url):
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def client(redis_url):
     return make_app(redis_url).test_client()
 

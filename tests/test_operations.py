@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-import redis
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
@@ -66,13 +65,6 @@ def failed_jobs(conn, monkeypatch, redis_url, count: int, queue: str = QUEUE) ->
         SimpleWorker([Queue(queue, connection=conn)], connection=conn).work(burst=True)
     assert all(job.get_status(refresh=True) == "failed" for job in jobs)
     return jobs
-
-
-@pytest.fixture
-def conn(redis_url):
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 # --- status -----------------------------------------------------------------------------

@@ -66,13 +66,6 @@ OTHER_KEY_BYTES = b"another-signing-key-for-rotation"
 OTHER_SIGNING_KEY = "whsec_" + base64.b64encode(OTHER_KEY_BYTES).decode()
 
 
-@pytest.fixture
-def conn(redis_url):
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
 def post_json(client, payload, event="Merge Request Hook", **hdrs):
     return client.post("/hooks/gitlab", data=json.dumps(payload).encode(), headers=headers(event, **hdrs))
 

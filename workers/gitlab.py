@@ -17,17 +17,15 @@ from urllib.parse import quote
 
 import requests
 
+from workers.errors import ServiceError
+
 log = logging.getLogger("tagsweeper.gitlab")
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-class GitLabError(Exception):
+class GitLabError(ServiceError):
     """Base of every error talking to GitLab."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 class AuthError(GitLabError):

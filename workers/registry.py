@@ -35,6 +35,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from workers.errors import ServiceError
 from workers.gitlab import retry_after_seconds
 
 log = logging.getLogger("tagsweeper.registry")
@@ -72,12 +73,8 @@ DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[A-Za-z0-9=_-]{32,}")
 DEFAULT_TOKEN_TTL = 60.0  # what the token spec says to assume when expires_in is absent
 
 
-class RegistryError(Exception):
+class RegistryError(ServiceError):
     """Base of every error talking to a container registry or its token service."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 class AuthError(RegistryError):

@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from tests.support import faults
+
 # Not forwarded in either direction: they describe one hop, or requests/urllib3 set them.
 HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                  "upgrade", "proxy-authorization", "proxy-authenticate", "content-length"})
@@ -145,12 +147,7 @@ class FaultProxy:
     # -- plumbing ---------------------------------------------------------------------------
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
-            for f in self._faults:
-                if f.times != 0 and f.method in ("*", method) and f.path_regex.search(path):
-                    if f.times > 0:
-                        f.times -= 1
-                    return f
-        return None
+            return faults.take(self._faults, method, path)
 
     def _log(self, method: str, path: str, status: int, arrived: float, fault: Fault | None) -> None:
         with self.lock:

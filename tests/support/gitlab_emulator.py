@@ -34,6 +34,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.support import faults
 from tests.support.registry import RegistryClient, RegistryServer
 
 ZERO_TIME = "2024-01-01T00:00:00.000Z"
@@ -376,12 +377,7 @@ class GitLabEmulator:
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
-            for f in self._faults:
-                if f.times != 0 and f.method in ("*", method) and f.path_regex.search(path):
-                    if f.times > 0:
-                        f.times -= 1
-                    return f
-        return None
+            return faults.take(self._faults, method, path)
 
     # -- WSGI plumbing -----------------------------------------------------------------
     def _wsgi(self, environ, start_response):
