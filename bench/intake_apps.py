@@ -7,9 +7,6 @@ Each is served by gunicorn with the same settings as tagsweeper (`bench.intake_a
              least any queue-backed intake can do (one round trip).
 - naive:     bare, plus RQ's plain `Queue.enqueue` of the cleanup job per delivery (random job id,
              no dedupe).
-
-And one diagnostic, not a product configuration (`create_app('tagsweeper-nometrics')`): tagsweeper's
-own app with the delivery counter of /metrics switched off, to show what that round trip costs.
 """
 
 from __future__ import annotations
@@ -24,12 +21,6 @@ from rq import Queue
 
 
 def create_app(kind: str = "bare") -> Flask:
-    if kind == "tagsweeper-nometrics":
-        import hooks
-        import hooks.views
-
-        hooks.views.count_delivery = lambda *args, **kwargs: None
-        return hooks.create_app()
     app = Flask(__name__)
     url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
     conn = redis.Redis.from_url(url) if kind != "bare" else None

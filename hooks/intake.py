@@ -1,33 +1,30 @@
-"""The intake: puts a decision on the RQ queue shared with the worker, once.
+"""The intake: hands a decision to the worker side, once, in one Redis round trip.
 
-Jobs are named by dotted path ("workers.jobs.cleanup_branch"), so the web process never
-imports the worker. The job id is the decision's deterministic id and the enqueue is
-`unique=True`: RQ checks and writes in one Lua script, so a re-sent delivery or a second
-hook for the same event is refused atomically (DuplicateJobError) and answered
-"duplicate". One Intake per app: one connection pool, one Queue.
+`submit` runs workers.inbox's ACCEPT script: it refuses a job id that is already known
+(a re-sent delivery, or a project hook and a group hook for the same event: answered
+"duplicate"), else appends the job's record to the queue's inbox stream, and counts the
+delivery for /metrics either way. A worker's mover turns the record into the RQ job with
+that id, delayed by CLEANUP_DELAY from the moment the delivery was accepted.
 
-Round trips: a delayed cleanup is one EVALSHA; so is an immediate job (a pipeline record, or
-a cleanup with CLEANUP_DELAY=0), except the first one per QUEUE_REGISTERED_FOR seconds, which
-also sends RQ's own SADD of the queue name to rq:queues (see `submit`). The first call per
-connection also pays for HELLO, INFO (RQ caches the server version) and SCRIPT LOAD.
+The web process does not build RQ jobs: that cost more CPU than the rest of the request
+(docs/benchmarks.md). Jobs are named by dotted path, so the web process never imports the
+worker's jobs. One Intake per app: one connection pool, one registered script.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Iterable
+from functools import lru_cache
+from typing import Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from flask import Flask, current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
-from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
 
 from hooks.events import Cleanup, RecordPipeline
+from workers import inbox, metrics
 
 EXTENSION = "tagsweeper.intake"
 
@@ -36,16 +33,10 @@ CLEANUP_RESULT_TTL = 30 * DAY  # a finished cleanup's id blocks repeats this lon
 FAILURE_TTL = 30 * DAY
 JOB_TIMEOUT = 900
 PIPELINE_RESULT_TTL = 3600
-PIPELINE_RETRY = (3, 10)
+PIPELINE_RETRY = (3, [10])
 
 # GitLab gives up after 10 s: with 2 s timeouts and one retry a dead Redis is a 503 well before.
 SOCKET_TIMEOUT = 2.0
-
-# RQ SADDs the queue's name to rq:queues (what `Queue.all()`, the dashboard and `tagsweeper status`
-# list) on every immediate enqueue, in a round trip of its own. A process that did so less than this
-# many seconds ago skips it: the name is there (nothing in tagsweeper removes it) and workers find
-# their queue by name anyway.
-QUEUE_REGISTERED_FOR = 60.0
 
 
 class QueueUnavailable(Exception):
@@ -62,62 +53,44 @@ class Intake:
     def __init__(self, redis_url: str, queue_name: str, cleanup_delay: int,
                  retries: int = 5, retry_intervals: tuple[int, ...] = (30, 60, 300, 900, 3600)):
         self.cleanup_delay = cleanup_delay
-        # RQ's Retry needs max >= 1; with CLEANUP_RETRIES=0 a failed cleanup goes straight to "failed".
-        self.cleanup_retry = Retry(max=retries, interval=list(retry_intervals)) if retries else None
+        # No retry object with CLEANUP_RETRIES=0: a failed cleanup goes straight to "failed".
+        self.cleanup_retry = (retries, list(retry_intervals)) if retries else None
+        self.queue_name = queue_name
+        self.inbox_key = inbox.key(queue_name)
         self._redacted = _url_secrets(redis_url)
         pool = redis.ConnectionPool.from_url(
             redis_url,
             socket_connect_timeout=SOCKET_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
             # One immediate retry survives a pooled connection that Redis closed meanwhile;
-            # a retried script that had in fact run answers DuplicateJobError, i.e. "duplicate".
+            # a retried script that had in fact run finds the id seen and answers "duplicate".
             retry=RedisRetry(NoBackoff(), 1),
         )
         self.connection = redis.Redis(connection_pool=pool)
-        self.queue = Queue(queue_name, connection=self.connection)
-        self._registered_until = 0.0  # time.monotonic() until which RQ's SADD of the queue name is skipped
+        self._accept = self.connection.register_script(inbox.ACCEPT)
 
-    def submit(self, decision: Cleanup | RecordPipeline) -> Receipt:
-        """Enqueue the decision's job unless its id exists already."""
+    def submit(self, decision: Cleanup | RecordPipeline, event: str | None = None) -> Receipt:
+        """Accept the decision's job unless its id is known already; counts the delivery too."""
         job_id = decision.job_id()
-        options: dict[str, Any] = {
-            "kwargs": decision.job_kwargs(),
-            "job_id": job_id,
-            "unique": True,
-            "description": decision.describe(),
-            "meta": {"delivery": decision.delivery, "trigger": decision.trigger},
-            "failure_ttl": FAILURE_TTL,
-        }
         if isinstance(decision, Cleanup):
-            options["retry"] = self.cleanup_retry
-            options["result_ttl"] = CLEANUP_RESULT_TTL
-            delay = self.cleanup_delay
+            retry, result_ttl, delay = self.cleanup_retry, CLEANUP_RESULT_TTL, self.cleanup_delay
+            counted = _cleanup_series(decision.trigger)
         else:
-            options["retry"] = Retry(max=PIPELINE_RETRY[0], interval=PIPELINE_RETRY[1])
-            options["result_ttl"] = PIPELINE_RESULT_TTL
-            delay = 0
+            retry, result_ttl, delay = PIPELINE_RETRY, PIPELINE_RESULT_TTL, 0
+            counted = ""
+        text = inbox.record(
+            job_id=job_id, func=decision.func, kwargs=decision.job_kwargs(), description=decision.describe(),
+            meta={"delivery": decision.delivery, "trigger": decision.trigger}, delay=delay,
+            timeout=JOB_TIMEOUT, result_ttl=result_ttl, failure_ttl=FAILURE_TTL, retry=retry)
         try:
-            if delay > 0:
-                # Scheduled: one Lua script (check, save, add to the scheduled registry).
-                self.queue.enqueue_in(
-                    timedelta(seconds=delay), decision.func, job_timeout=JOB_TIMEOUT, **options
-                )
-            elif time.monotonic() < self._registered_until:
-                # RQ queues its SADD on a pipeline it is handed and leaves sending it to the caller;
-                # the unique enqueue itself is the script, sent at once. This pipeline is never sent.
-                unsent = self.connection.pipeline()
-                try:
-                    self.queue.enqueue_call(decision.func, timeout=JOB_TIMEOUT, pipeline=unsent, **options)
-                finally:
-                    unsent.reset()
-            else:
-                self.queue.enqueue_call(decision.func, timeout=JOB_TIMEOUT, **options)
-                self._registered_until = time.monotonic() + QUEUE_REGISTERED_FOR
-        except DuplicateJobError:
-            return Receipt("duplicate", job_id)
+            accepted = self._accept(
+                keys=[inbox.seen_key(job_id), inbox.job_key(job_id), self.inbox_key,
+                      metrics.DELIVERIES.key, metrics.CLEANUPS_ENQUEUED.key],
+                args=[result_ttl, text, _delivery_series(event, "enqueued"), _delivery_series(event, "duplicate"),
+                      counted])
         except redis.RedisError as exc:
             raise QueueUnavailable(self.describe_error(exc)) from None
-        return Receipt("enqueued", job_id)
+        return Receipt("enqueued" if accepted else "duplicate", job_id)
 
     def ping(self) -> None:
         try:
@@ -128,6 +101,17 @@ class Intake:
     def describe_error(self, exc: BaseException) -> str:
         """A Redis error for a person, with any password from REDIS_URL blanked out."""
         return redact(f"queue unavailable (Redis): {type(exc).__name__}: {exc}", self._redacted)
+
+
+# Label strings of the counters ACCEPT increments; their values come from small fixed sets.
+@lru_cache(maxsize=256)
+def _delivery_series(event: str | None, outcome: str) -> str:
+    return metrics.delivery_series(event, outcome)
+
+
+@lru_cache(maxsize=16)
+def _cleanup_series(trigger: str) -> str:
+    return metrics.cleanup_series(trigger)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -19,7 +19,7 @@ bp = Blueprint("metrics", __name__)
 def scrape():
     intake = get_intake()
     try:
-        text = metrics.render(intake.connection, intake.queue.name)
+        text = metrics.render(intake.connection, intake.queue_name)
     except redis.RedisError as exc:
         return jsonify({"error": intake.describe_error(exc)}), 503
     return Response(text, content_type=metrics.CONTENT_TYPE)

@@ -2,8 +2,9 @@
 
 The view only moves bytes: it reads the body within the size limit, hands headers and
 body to `events.parse_delivery`, and gives the decision to the intake. It answers in
-milliseconds (one Redis write at most, then one round trip for the delivery
-counter of /metrics) and never calls GitLab.
+milliseconds (one Redis round trip: the intake's script, which also counts the delivery
+for /metrics; an ignored or refused delivery is one round trip for that counter) and
+never calls GitLab.
 
 With WEBHOOK_SIGNING_KEY set, a delivery whose signature checked out also claims its
 `webhook-id` in Redis (SET NX EX, for as long as its timestamp is acceptable): the same
@@ -51,10 +52,10 @@ def receive_gitlab():
     def answer(status: int, body: dict[str, Any], outcome: str, **fields: Any):
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         log_delivery(**{"outcome": outcome, "status": status, **context, **fields, "duration_ms": duration_ms})
-        if outcome != "unavailable":  # Redis just failed this request: don't wait on it a second time
-            enqueued_cleanup = outcome == "enqueued" and context.get("action") == "cleanup_branch"
-            count_delivery(get_intake().connection, event=event, outcome=outcome,
-                           trigger=context.get("trigger") if enqueued_cleanup else None)
+        # The intake's script counted an accepted or duplicate delivery in its own round trip;
+        # after "unavailable", Redis just failed this request: don't wait on it a second time.
+        if outcome not in ("enqueued", "duplicate", "unavailable"):
+            count_delivery(get_intake().connection, event=event, outcome=outcome)
         return jsonify(body), status
 
     limit = current_app.config["MAX_BODY_BYTES"]
@@ -88,7 +89,7 @@ def receive_gitlab():
     context.update(decision.log_fields())
     context["action"] = decision.name
     try:
-        receipt = get_intake().submit(decision)
+        receipt = get_intake().submit(decision, event)
     except QueueUnavailable as exc:
         if replay_key:  # not processed: let GitLab's re-send of this id through
             release(replay_key)

@@ -22,6 +22,7 @@ import pytest
 import redis
 import requests
 from rq import Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from tests.support.faultproxy import FaultProxy
@@ -70,6 +71,14 @@ def wait_until(predicate, timeout: float, what: str, svc: Service | None = None)
             return value
         time.sleep(0.05)
     raise TimeoutError(f"{what} not within {timeout}s" + (f"\n{svc.logs()[-4000:]}" if svc else ""))
+
+
+def job_or_none(conn: redis.Redis, job_id: str) -> Job | None:
+    """The RQ job, or None while its record still waits in the inbox for a worker's mover."""
+    try:
+        return Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return None
 
 
 def tag_deletes(gitlab, project_id: int | None = None) -> list[tuple[str, int]]:
@@ -163,7 +172,7 @@ def test_token_service_outage_longer_than_the_client_retries_is_finished_by_the_
     job_id = response.json()["job_id"]
     conn = redis.Redis.from_url(redis_url)
     # The first attempt gave up with its partial report kept and a retry scheduled.
-    job = wait_until(lambda: (j := Job.fetch(job_id, connection=conn)).meta.get("report") and j,
+    job = wait_until(lambda: (j := job_or_none(conn, job_id)) and j.meta.get("report") and j,
                      60, "first attempt incomplete", svc)
     assert job.get_status() in ("scheduled", "queued", "started")
     assert job.meta["report"]["summary"]["failed"] > 0
@@ -222,10 +231,12 @@ def test_redis_restart_loses_nothing_accepted_and_both_processes_recover(tmp_pat
             accepted.append(r.json()["job_id"])
         conn = redis.Redis.from_url(server.url)
         wait_until(lambda: tag_deletes(gitlab, shops[0][0].id), 30, "first cleanup deleting", svc)
-        wait_until(lambda: Job.fetch(accepted[1], connection=conn).get_status() == "queued", 10, "second queued", svc)
+        wait_until(lambda: (j := job_or_none(conn, accepted[1])) and j.get_status() == "queued", 10, "second queued",
+                   svc)
         r = svc.post(merge_payload(shops[2][0]), "Merge Request Hook", key="scheduled")
         assert r.status_code == 202, r.text
         accepted.append(r.json()["job_id"])
+        wait_until(lambda: job_or_none(conn, accepted[2]), 10, "third moved from the inbox", svc)
         assert [Job.fetch(j, connection=conn).get_status() for j in accepted] == ["started", "queued", "scheduled"]
         pids = (svc.web.pid, svc.workers[0].pid)
 
@@ -279,7 +290,7 @@ def test_worker_killed_mid_cleanup_its_job_is_retried_on_another_worker(gitlab, 
     conn = redis.Redis.from_url(redis_url)
     # The first worker gets a long cleanup of its own, so the second one takes the victim's.
     b = svc.post(merge_payload(busy), "Merge Request Hook", key="busy")
-    wait_until(lambda: Job.fetch(b.json()["job_id"], connection=conn).get_status() == "started", 20, "busy", svc)
+    wait_until(lambda: (j := job_or_none(conn, b.json()["job_id"])) and j.get_status() == "started", 20, "busy", svc)
     second = svc.start_worker()
     wait_until(lambda: workers_registered(svc, 2), 20, "second worker", svc)
     v = svc.post(merge_payload(victim), "Merge Request Hook", key="victim")

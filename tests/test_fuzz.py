@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hooks import create_app
+from workers import inbox
 
 HEADER_EXAMPLES = 2_500
 PAYLOAD_EXAMPLES = 3_500
@@ -273,10 +274,10 @@ class Fuzzer:
         self.client = client
         self.conn = conn
 
-    def state(self) -> tuple[int, int, int]:
-        """What an enqueue would change: the key count, the queue, the scheduled registry."""
+    def state(self) -> tuple[int, ...]:
+        """What accepting a delivery would change: the key count, the inbox, the queue, the scheduled registry."""
         pipe = self.conn.pipeline(transaction=False)
-        pipe.dbsize().llen(f"rq:queue:{QUEUE}").zcard(f"rq:scheduled:{QUEUE}")
+        pipe.dbsize().xlen(inbox.key(QUEUE)).llen(f"rq:queue:{QUEUE}").zcard(f"rq:scheduled:{QUEUE}")
         return tuple(pipe.execute())
 
     def send(self, test: str, hdrs: list, body: bytes, token_valid: bool):
@@ -303,7 +304,7 @@ class Fuzzer:
             assert status in (200, 202), status
             assert data.get("status") in ("enqueued", "duplicate", "ignored"), data
             if status == 202:
-                assert self.conn.exists(f"rq:job:{data['job_id']}"), data
+                assert self.conn.exists(inbox.seen_key(data["job_id"])), data  # accepted: in the inbox
         for secret in (SECRET, SECOND_SECRET):
             assert secret not in text
         if not token_valid:

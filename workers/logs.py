@@ -6,6 +6,7 @@ dropped before a line is written: secrets never reach a log.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -16,9 +17,14 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _SECRET_KEY = re.compile(r"token|secret|password|authorization|private", re.I)
 
 
+@functools.lru_cache(maxsize=1024)
+def _shown(key: str) -> bool:
+    """Whether a record attribute is a field of the line (cached: a handful of names recur on every line)."""
+    return key not in _STANDARD and not key.startswith("_") and not _SECRET_KEY.search(key)
+
+
 def _fields(record: logging.LogRecord) -> dict:
-    return {k: v for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_") and not _SECRET_KEY.search(k)}
+    return {k: v for k, v in vars(record).items() if _shown(k)}
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,10 +17,12 @@ from pathlib import Path
 import redis
 import requests
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from tests.support.procs import free_port, stop, wait_for_port
+from workers import inbox
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOADS = ROOT.parent / "shared" / "reference" / "payloads"
@@ -141,8 +143,13 @@ class Service:
         """Wait until the job finished or failed for good (not merely awaiting a retry)."""
         conn = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + timeout
+        status = "not yet moved from the inbox"
         while time.monotonic() < deadline:
-            job = Job.fetch(job_id, connection=conn)
+            try:
+                job = Job.fetch(job_id, connection=conn)
+            except NoSuchJobError:  # accepted, not yet an RQ job: the worker's mover has yet to move it
+                time.sleep(0.05)
+                continue
             status = job.get_status(refresh=True)
             if status in ("finished", "failed", "stopped", "canceled"):
                 return job
@@ -150,12 +157,13 @@ class Service:
         raise TimeoutError(f"job {job_id} still {status} after {timeout}s\n{self.logs()[-4000:]}")
 
     def wait_idle(self, timeout: float = 60.0, queue: str = "tagsweeper") -> None:
-        """Wait until no job is queued, scheduled or running."""
+        """Wait until no job is waiting in the inbox, queued, scheduled or running."""
         conn = redis.Redis.from_url(self.redis_url)
         q = Queue(queue, connection=conn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = (q.count + ScheduledJobRegistry(queue=q).count + StartedJobRegistry(queue=q).count)
+            busy = (conn.xlen(inbox.key(queue)) + q.count + ScheduledJobRegistry(queue=q).count
+                    + StartedJobRegistry(queue=q).count)
             if not busy:
                 return
             time.sleep(0.1)
