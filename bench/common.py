@@ -184,9 +184,18 @@ def machine() -> dict:
             if shutil.which("wrk") else "-",
             "skopeo": _run(["skopeo", "--version"]) if shutil.which("skopeo") else "-",
             "gunicorn": gunicorn.__version__, "flask": flask.__version__, "rq": rq.__version__,
-            "redis-py": redis_py.__version__, "requests": requests.__version__,
+            "redis-py": redis_py.__version__, "hiredis": _version("hiredis"), "requests": requests.__version__,
         },
     }
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "-"
 
 
 def without_dirs(command: str) -> str:

@@ -57,8 +57,8 @@ def main() -> int:
       "benchmark). How each one measures is at the top of its module in `bench/`; `bench/README.md` has the "
       "commands and the seeding cache.")
     w("")
-    w("**Read the ratios, not the absolute figures.** The machine has 2 cores that other engineers' test runs "
-      "were using at the same time (see the load line under each benchmark), so every benchmark measures its "
+    w("**Read the ratios, not the absolute figures.** The machine has 2 cores, at times shared with other "
+      "test runs (see the load line under each benchmark), so every benchmark measures its "
       "baseline and its candidate back to back in the same run and reports their ratio; rounds are repeated "
       "and medians given.")
     w("")
@@ -137,8 +137,9 @@ def main() -> int:
     w("")
     v = m["versions"]
     w("- " + ", ".join(f"{k}: {val}" for k, val in v.items()))
-    w("- What else ran: other engineers' test runs (pytest with its own gunicorn, RQ workers, redis-server and "
-      "docker-registry) were running throughout; each benchmark's load line below lists what it saw.")
+    w("- What else ran: each benchmark's load line below lists the 1-minute load and the other processes "
+      "seen using CPU during its run (for some runs, other test suites with their own gunicorn, RQ workers, "
+      "redis-server and docker-registry).")
     w("")
 
     # -- 1 ----------------------------------------------------------------------------------
@@ -337,7 +338,7 @@ the id seen and counts the delivery for /metrics, all in one EVALSHA. Until this
 built the RQ job itself and counted in a second round trip: in a profile of the view (in-process, 3,000
 merge deliveries against a real redis-server) RQ's enqueue took 49% of the view's time and the separate
 counter 20%, against 12% for parsing and validating the delivery. Each worker now runs a mover that turns
-records into RQ jobs (same id, `unique=True`) about a millisecond after the answer, so rq-dashboard,
+records into RQ jobs (same id, `unique=True`) as soon as they arrive (it blocks on the stream), so rq-dashboard,
 retries and `tagsweeper replay` see the same RQ jobs as before. redis-py uses hiredis to pack and parse
 commands in C; the reference variants use the same redis-py, so they gain from it too.
 
