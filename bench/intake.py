@@ -43,8 +43,8 @@ import requests
 
 from bench.common import (ROOT, WORK, LoadSampler, RedisServer, free_port, machine, median, save, stop,
                           wait_for_port)
+from tests.support.payloads import PAYLOADS
 
-PAYLOADS = ROOT.parent / "shared" / "reference" / "payloads"
 SECRET = "bench-webhook-secret"
 VARIANTS = {
     "bare": ("bench.intake_apps:create_app('bare')", {}),

@@ -78,10 +78,10 @@ class Intake:
         else:
             retry, result_ttl, delay = PIPELINE_RETRY, PIPELINE_RESULT_TTL, 0
             counted = ""
-        text = inbox.record(
-            job_id=job_id, func=decision.func, kwargs=decision.job_kwargs(), description=decision.describe(),
+        text = inbox.encode(inbox.Record(
+            id=job_id, func=decision.func, kwargs=decision.job_kwargs(), description=decision.describe(),
             meta={"delivery": decision.delivery, "trigger": decision.trigger}, delay=delay,
-            timeout=JOB_TIMEOUT, result_ttl=result_ttl, failure_ttl=FAILURE_TTL, retry=retry)
+            timeout=JOB_TIMEOUT, result_ttl=result_ttl, failure_ttl=FAILURE_TTL, retry=retry))
         try:
             accepted = self._accept(
                 keys=[inbox.seen_key(job_id), inbox.job_key(job_id), self.inbox_key,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from hooks import events
 from hooks.events import BadRequest, Cleanup, Ignore, RecordPipeline, TooLarge, Unauthorized
+from tests.support.payloads import PAYLOADS
 
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "payloads"
 
 SECRET = "the-secret-configured-on-the-hook"
 OTHER_SECRET = "rotated-secret-2"

@@ -22,12 +22,11 @@ import pytest
 import redis
 import requests
 from rq import Worker
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.procs import RedisServer
-from tests.support.service import ROOT, Service, load_payload
+from tests.support.service import ROOT, Service, job_or_none, load_payload
 from tests.test_e2e import EARLIER, FEATURE, LAST, assert_registry, make_shop, merge_payload, mode_env
 from workers.locks import BranchLock
 
@@ -71,14 +70,6 @@ def wait_until(predicate, timeout: float, what: str, svc: Service | None = None)
             return value
         time.sleep(0.05)
     raise TimeoutError(f"{what} not within {timeout}s" + (f"\n{svc.logs()[-4000:]}" if svc else ""))
-
-
-def job_or_none(conn: redis.Redis, job_id: str) -> Job | None:
-    """The RQ job, or None while its record still waits in the inbox for a worker's mover."""
-    try:
-        return Job.fetch(job_id, connection=conn)
-    except NoSuchJobError:
-        return None
 
 
 def tag_deletes(gitlab, project_id: int | None = None) -> list[tuple[str, int]]:

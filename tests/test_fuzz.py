@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import redis
@@ -34,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hooks import create_app
+from tests.support.payloads import PAYLOADS
 from workers import inbox
 
 HEADER_EXAMPLES = 2_500
@@ -47,7 +47,6 @@ SECRET = "fuzz-webhook-secret-5b7d"
 SECOND_SECRET = "fuzz-second-secret-91c3"
 LIMIT = 64 * 1024
 QUEUE = "tagsweeper"
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "payloads"
 SAME_EVENT = object()  # the headers test: send the body's own X-Gitlab-Event
 FUZZ_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import redis
@@ -17,10 +16,10 @@ from rq.registry import ScheduledJobRegistry
 from hooks import create_app
 from hooks.logs import LOGGER_NAME, JsonFormatter
 from hooks.settings import MISSING_SECRET
+from tests.support.payloads import PAYLOADS
 from workers import inbox
 from tests.support.procs import free_port
 
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "payloads"
 SECRET = "s3cret-token-for-tests"
 SECOND_SECRET = "second-s3cret"
 REDIS_PASSWORD = "hunter2-redis-pass"

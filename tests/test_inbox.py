@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from datetime import datetime, timezone
 
 import pytest
-import redis
 from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
@@ -17,14 +17,14 @@ from tests.test_hooks_app import make_app, post
 from workers import inbox
 
 QUEUE = "tagsweeper"
-RECORD = dict(job_id="pipeline-7-abc", func="workers.jobs.record_pipeline",
-              kwargs={"project_id": 7, "ref": "main", "sha": "a" * 40}, description="record pipeline of 7",
-              meta={"delivery": "d-1", "trigger": "pipeline"}, delay=0, timeout=900, result_ttl=3600,
-              failure_ttl=86400, retry=(3, [10]))
+RECORD = inbox.Record(id="pipeline-7-abc", func="workers.jobs.record_pipeline",
+                      kwargs={"project_id": 7, "ref": "main", "sha": "a" * 40}, description="record pipeline of 7",
+                      meta={"delivery": "d-1", "trigger": "pipeline"}, delay=0, timeout=900, result_ttl=3600,
+                      failure_ttl=86400, retry=(3, [10]))
 
 
 def record(**changes) -> str:
-    return inbox.record(**{**RECORD, **changes})
+    return inbox.encode(dataclasses.replace(RECORD, **changes))
 
 
 def add(conn, text: str, at_ms: int | None = None, queue: str = QUEUE) -> bytes:
@@ -67,8 +67,8 @@ def test_a_record_round_trips():
     (json.dumps({k: v for k, v in json.loads(record()).items() if k != "kwargs"}), "not an inbox record"),
     (record(func="os.system"), "not a tagsweeper job: 'os.system'"),
     (record(func="workers.jobs.sweep_project"), "not a tagsweeper job"),  # a job, but never from a delivery
-    (record(job_id=""), "job id missing or too long"),
-    (record(job_id="x" * 201), "job id missing or too long"),
+    (record(id=""), "job id missing or too long"),
+    (record(id="x" * 201), "job id missing or too long"),
 ])
 def test_what_is_not_a_record_is_refused(text, message):
     with pytest.raises(inbox.BadRecord, match=message.replace("(", r"\(")):
@@ -80,7 +80,7 @@ def test_what_is_not_a_record_is_refused(text, message):
 
 def test_drain_makes_each_record_the_job_it_describes(conn):
     add(conn, record())
-    add(conn, record(job_id="cleanup-7-merge-x", func="workers.jobs.cleanup_branch", kwargs={"branch": "b"},
+    add(conn, record(id="cleanup-7-merge-x", func="workers.jobs.cleanup_branch", kwargs={"branch": "b"},
                      delay=0, retry=None))
     assert inbox.drain(conn, QUEUE, "mover-a") == 2
     assert waiting(conn) == 0
@@ -98,8 +98,8 @@ def test_drain_makes_each_record_the_job_it_describes(conn):
 
 def test_the_delay_counts_from_when_the_delivery_was_accepted(conn):
     now_ms = int(time.time() * 1000)
-    add(conn, record(job_id="late", delay=60), at_ms=now_ms - 120_000)  # a worker was down for two minutes
-    add(conn, record(job_id="fresh", delay=60), at_ms=now_ms - 10_000)
+    add(conn, record(id="late", delay=60), at_ms=now_ms - 120_000)  # a worker was down for two minutes
+    add(conn, record(id="fresh", delay=60), at_ms=now_ms - 10_000)
     inbox.drain(conn, QUEUE, "mover-a")
     queue = Queue(QUEUE, connection=conn)
     assert queue.job_ids == ["late"]  # overdue: runnable now
@@ -128,7 +128,7 @@ def test_an_id_that_is_a_job_already_is_left_as_it_is(conn):
 
 
 def test_a_record_that_cannot_become_a_job_is_dropped_and_blocks_nothing(conn, caplog):
-    add(conn, record(job_id="evil", func="os.system", kwargs={"command": "rm -rf /"}))
+    add(conn, record(id="evil", func="os.system", kwargs={"command": "rm -rf /"}))
     add(conn, "{truncated")
     add(conn, record())
     with caplog.at_level(logging.ERROR, logger="tagsweeper.inbox"):

@@ -1,16 +1,13 @@
 """The GitLab REST API client: one request path, one small exception tree, a timeout on every call.
 
-Transient answers (429, 5xx, dropped connections, timeouts) are retried here with
-exponential backoff that honours `Retry-After`; what still fails raises
+Transient answers (429, 5xx, dropped connections, timeouts) are retried (workers/http.py)
+with exponential backoff that honours `Retry-After`; what still fails raises
 `TransientError`, and the job's own RQ retry takes over from there.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
-import threading
 import time
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
@@ -18,10 +15,11 @@ from urllib.parse import quote
 import requests
 
 from workers.errors import ServiceError
+from workers.http import TRANSIENT_STATUSES, Client, retry_after_seconds
+
+__all__ = ["TRANSIENT_STATUSES", "retry_after_seconds"]  # re-exported: GitLab's names for them
 
 log = logging.getLogger("tagsweeper.gitlab")
-
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class GitLabError(ServiceError):
@@ -62,78 +60,26 @@ def encode(value: str | int) -> str:
     return quote(text, safe="")
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Parse Retry-After (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class GitLab:
+class GitLab(Client):
     """A thin client of GitLab's REST API v4."""
+
+    transient_error = TransientError
+    log = log
+    log_message = "gitlab call failed"
+    asked = "GitLab asked"
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, attempts: int = 4,
                  backoff: float = 0.5, max_wait: float = 60.0, pool_size: int = 10,
                  sleep: Callable[[float], None] = time.sleep):
+        super().__init__(timeout=timeout, attempts=attempts, backoff=backoff, max_wait=max_wait,
+                         pool_size=pool_size, sleep=sleep, headers={"PRIVATE-TOKEN": token})
         self.api = url.rstrip("/") + "/api/v4"
-        self.timeout = (min(10.0, timeout), timeout)  # (connect, read)
-        self.attempts = attempts
-        self.backoff = backoff
-        self.max_wait = max_wait
-        self._sleep = sleep
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"PRIVATE-TOKEN": token, "User-Agent": "tagsweeper"})
-        self._lock = threading.Lock()
-        self.calls: dict[int | str, int] = {}  # status (or error name) -> count, for reports
-
-    def close(self) -> None:
-        self.session.close()
-
-    def _count(self, key: int | str) -> None:
-        with self._lock:
-            self.calls[key] = self.calls.get(key, 0) + 1
 
     def request(self, method: str, path: str, *, params: dict | None = None,
                 json: Any = None) -> requests.Response:
         """Send one request, retrying transient failures; return the response of a 2xx/404/403."""
-        url = self.api + path
         what = f"{method} {path}"
-        last = ""
-        for attempt in range(1, self.attempts + 1):
-            wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            try:
-                response = self.session.request(method, url, params=params, json=json, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                self._count(type(exc).__name__)
-                last = f"{type(exc).__name__}"
-                log.warning("gitlab call failed", extra={"call": what, "error": last, "attempt": attempt})
-            else:
-                self._count(response.status_code)
-                response.attempts = attempt  # type: ignore[attr-defined]
-                status = response.status_code
-                if status not in TRANSIENT_STATUSES:
-                    return self._check(response, what)
-                last = f"HTTP {status}"
-                hinted = retry_after_seconds(response.headers.get("Retry-After"))
-                if hinted is not None:
-                    if hinted > self.max_wait:
-                        raise TransientError(
-                            f"{what}: GitLab asked to retry after {hinted:.0f}s (HTTP {status})", status)
-                    wait = hinted
-                log.warning("gitlab call failed", extra={"call": what, "error": last, "attempt": attempt})
-            if attempt < self.attempts:
-                self._sleep(wait)
-        raise TransientError(f"{what}: still failing after {self.attempts} attempts ({last})")
+        return self._check(self._send(method, self.api + path, what, params=params, json=json), what)
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         status = response.status_code

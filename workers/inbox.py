@@ -12,7 +12,7 @@ so a record moved twice is still one job), then acknowledges and deletes them. A
 read by a worker that died before acknowledging it stays pending, and any mover claims it
 once it has been idle CLAIM_IDLE_MS.
 
-A record is compact JSON (see `record`). Its due time is the stream entry's time (Redis's
+A record is compact JSON (`Record`, `encode`). Its due time is the stream entry's time (Redis's
 clock, when the delivery was accepted) plus its `delay`. Only the functions in JOB_FUNCS
 are ever enqueued from it.
 """
@@ -23,9 +23,10 @@ import json
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 from rq import Queue, Retry
@@ -95,12 +96,9 @@ class Record:
     retry: tuple[int, list[int]] | None
 
 
-def record(*, job_id: str, func: str, kwargs: dict, description: str, meta: dict, delay: int,
-           timeout: int, result_ttl: int, failure_ttl: int, retry: tuple[int, list[int]] | None) -> str:
-    """The JSON text of one record, as the web side writes it."""
-    return json.dumps({"id": job_id, "func": func, "kwargs": kwargs, "description": description, "meta": meta,
-                       "delay": delay, "timeout": timeout, "result_ttl": result_ttl, "failure_ttl": failure_ttl,
-                       "retry": list(retry) if retry else None}, separators=(",", ":"), ensure_ascii=False)
+def encode(rec: Record) -> str:
+    """The JSON text of one record, as the web side writes it (its fields are the keys)."""
+    return json.dumps(vars(rec), separators=(",", ":"), ensure_ascii=False)
 
 
 def parse(text: bytes | str) -> Record:
@@ -158,6 +156,17 @@ def ensure_group(conn: redis.Redis, queue_name: str) -> None:
             raise
 
 
+@contextmanager
+def _regrouping(conn: redis.Redis, queue_name: str) -> Iterator[None]:
+    """Start the movers' group again when its stream went away under it (FLUSHALL)."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        ensure_group(conn, queue_name)
+
+
 def settle(conn: redis.Redis, queue: Queue, entries: list) -> int:
     """Enqueue the jobs of read entries, then acknowledge and delete them; how many there were.
 
@@ -192,14 +201,10 @@ def read(conn: redis.Redis, queue: Queue, consumer: str, *, block_ms: int | None
 
     With `own_pending`, move instead what this consumer read before without acknowledging.
     """
-    try:
+    got = None
+    with _regrouping(conn, queue.name):
         got = conn.xreadgroup(GROUP, consumer, {key(queue.name): "0" if own_pending else ">"},
                               count=BATCH, block=None if own_pending else block_ms)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        ensure_group(conn, queue.name)  # the stream was deleted (FLUSHALL): start it again
-        return 0
     if isinstance(got, dict):  # RESP3 answers {stream: entries}
         got = list(got.items())
     entries = got[0][1] if got else []
@@ -209,7 +214,7 @@ def read(conn: redis.Redis, queue: Queue, consumer: str, *, block_ms: int | None
 def claim(conn: redis.Redis, queue: Queue, consumer: str, min_idle_ms: int = CLAIM_IDLE_MS) -> int:
     """Move the records that other (dead) consumers read and never acknowledged."""
     stream, moved, start = key(queue.name), 0, "0-0"
-    try:
+    with _regrouping(conn, queue.name):
         while True:
             answer = conn.xautoclaim(stream, GROUP, consumer, min_idle_ms, start_id=start, count=BATCH)
             start, entries = answer[0], answer[1]
@@ -221,10 +226,6 @@ def claim(conn: redis.Redis, queue: Queue, consumer: str, min_idle_ms: int = CLA
             if (not member["pending"] and member["idle"] > FORGET_CONSUMER_MS
                     and _text(member["name"]) != consumer):
                 conn.xgroup_delconsumer(stream, GROUP, member["name"])
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        ensure_group(conn, queue.name)
     return moved
 
 

@@ -19,7 +19,7 @@ import re
 import sys
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from rq import Queue, Worker
@@ -74,6 +74,14 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
+def _show(args: argparse.Namespace, value: Any, as_text: Callable[[Any], str]) -> None:
+    """A command's answer: JSON with --json, else the text people read."""
+    if args.json:
+        _print_json(value)
+    else:
+        print(as_text(value))
+
+
 # --- replay ---------------------------------------------------------------------------
 
 
@@ -98,10 +106,7 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
         return _redis_down(exc)
     finally:
         conn.close()
-    if args.json:
-        _print_json(outcome)
-    else:
-        print(format_replay(outcome))
+    _show(args, outcome, format_replay)
     return status
 
 
@@ -199,10 +204,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
         return _redis_down(exc)
     finally:
         conn.close()
-    if args.json:
-        _print_json(report)
-    else:
-        print(format_status(report))
+    _show(args, report, format_status)
     return 0
 
 

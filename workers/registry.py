@@ -13,9 +13,9 @@ So the fallback, as GitLab itself and regclient do it, overwrites the tag with a
 unique "tombstone" manifest and deletes the tombstone's digest, which no other tag
 can share.
 
-Like workers/gitlab.py: one requests.Session, a timeout on every call, transient
-answers (429, 5xx, dropped connections, timeouts) retried with exponential backoff
-that honours `Retry-After`, and a small exception tree. Credentials and tokens never
+Built like workers/gitlab.py on workers/http.py: one requests.Session, a timeout on
+every call, transient answers (429, 5xx, dropped connections, timeouts) retried with
+exponential backoff that honours `Retry-After`, and a small exception tree. Credentials and tokens never
 appear in log lines or exception messages.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import re
 import secrets
 import threading
@@ -36,11 +35,10 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from workers.errors import ServiceError
-from workers.gitlab import retry_after_seconds
+from workers.http import Client
 
 log = logging.getLogger("tagsweeper.registry")
 
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 DOCKER_MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -226,7 +224,7 @@ def _message(response: requests.Response) -> str:
     return str(body)[:200]
 
 
-class Registry:
+class Registry(Client):
     """A client of one registry (one base URL) that deletes exactly the tags it is told to.
 
     Thread-safe: one Session with a connection pool, a lock around every cache. Token
@@ -235,27 +233,22 @@ class Registry:
     different repositories proceed in parallel.
     """
 
+    transient_error = TransientError
+    log = log
+    log_message = "registry call failed"
+    follow_redirects = False  # a Location could send the bearer token to another host
+
     def __init__(self, base_url: str, *, username: str, password: str, timeout: float = 30.0,
                  attempts: int = 4, backoff: float = 0.5, max_wait: float = 60.0, pool_size: int = 10,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        super().__init__(timeout=timeout, attempts=attempts, backoff=backoff, max_wait=max_wait,
+                         pool_size=pool_size, sleep=sleep, headers={})
         self.base_url = base_url.rstrip("/")
         self._origin = urlsplit(self.base_url)[:2]
         self._credentials = (username, password)
         self.username = username
-        self.timeout = (min(10.0, timeout), timeout)  # (connect, read)
-        self.attempts = max(1, attempts)
-        self.backoff = backoff
-        self.max_wait = max_wait
-        self._sleep = sleep
         self._clock = clock
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"User-Agent": "tagsweeper"})
-        self.calls: dict[int | str, int] = {}  # status (or error name) -> count, for reports
-
-        self._lock = threading.Lock()  # guards every dict and flag below
+        # self._lock (Client's) guards every dict and flag below, as it does `calls`.
         self._challenge: Challenge | None = None
         self._open = False  # GET /v2/ answered 200: the registry wants no auth
         self._challenge_lock = threading.Lock()
@@ -268,48 +261,10 @@ class Registry:
         self._probe_lock = threading.Lock()
         self._deletes_checked = False
 
-    def close(self) -> None:
-        self.session.close()
-
-    def _count(self, key: int | str) -> None:
-        with self._lock:
-            self.calls[key] = self.calls.get(key, 0) + 1
-
     def repo_lock(self, repo: str) -> threading.RLock:
         """The lock serialising this client's tag rewrites in `repo`."""
         with self._lock:
             return self._repo_locks.setdefault(repo, threading.RLock())
-
-    # -- one HTTP exchange, with retries --------------------------------------------------
-    def _send(self, method: str, url: str, what: str, *, headers: dict | None = None,
-              data: bytes | None = None, params: dict | None = None, auth=None) -> requests.Response:
-        """Send one request, retrying transient failures; return any other response."""
-        last = ""
-        for attempt in range(1, self.attempts + 1):
-            wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            try:
-                response = self.session.request(method, url, headers=headers, data=data, params=params,
-                                                auth=auth, timeout=self.timeout, allow_redirects=False)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                self._count(type(exc).__name__)
-                last = type(exc).__name__
-                log.warning("registry call failed", extra={"call": what, "error": last, "attempt": attempt})
-            else:
-                self._count(response.status_code)
-                response.attempts = attempt  # type: ignore[attr-defined]
-                status = response.status_code
-                if status not in TRANSIENT_STATUSES:
-                    return response
-                last = f"HTTP {status}"
-                hinted = retry_after_seconds(response.headers.get("Retry-After"))
-                if hinted is not None:
-                    if hinted > self.max_wait:
-                        raise TransientError(f"{what}: asked to retry after {hinted:.0f}s (HTTP {status})", status)
-                    wait = hinted
-                log.warning("registry call failed", extra={"call": what, "error": last, "attempt": attempt})
-            if attempt < self.attempts:
-                self._sleep(wait)
-        raise TransientError(f"{what}: still failing after {self.attempts} attempts ({last})")
 
     # -- tokens ---------------------------------------------------------------------------
     def _learn(self, challenge: Challenge) -> None:

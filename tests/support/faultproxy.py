@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import requests
 
 from tests.support import faults
+from tests.support.faults import Fault
 
 # Not forwarded in either direction: they describe one hop, or requests/urllib3 set them.
 HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
@@ -43,26 +44,6 @@ HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encod
 UPSTREAM_TIMEOUT = (5, 30)  # (connect, read) for every forwarded request
 STATUS_CODES = {429: "TOOMANYREQUESTS", 500: "UNKNOWN", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
                 504: "UNAVAILABLE"}
-
-
-@dataclass
-class Fault:
-    method: str
-    path_regex: re.Pattern
-    status: int | None  # None: only the delay, then the real answer
-    times: int
-    headers: dict
-    delay: float
-    drop: bool | str  # True: close without answering; "after": forward, then close
-
-    def describe(self) -> str:
-        if self.drop == "after":
-            return "drop after"
-        if self.drop:
-            return "drop"
-        if self.status is None:
-            return f"hang {self.delay:g}s"
-        return str(self.status) + (f" after {self.delay:g}s" if self.delay else "")
 
 
 @dataclass(frozen=True)

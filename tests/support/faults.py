@@ -1,20 +1,34 @@
-"""Fault injection shared by the GitLab emulator and the registry proxy: which fault a request gets."""
+"""Fault injection shared by the GitLab emulator and the registry proxy: what a fault is, which one a request gets."""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, TypeVar
+import re
+from dataclasses import dataclass
+from typing import Sequence
 
 
-class Matchable(Protocol):
-    method: str
-    path_regex: object
-    times: int
+@dataclass
+class Fault:
+    method: str  # or "*" for any
+    path_regex: re.Pattern
+    status: int | None  # None: only the delay, then the real answer
+    times: int  # -1: no limit
+    headers: dict
+    delay: float
+    drop: bool | str = False  # True: close without answering; "after": do it (forward it), then close
+    body: dict | None = None  # the emulator's JSON answer with `status`
+
+    def describe(self) -> str:
+        if self.drop == "after":
+            return "drop after"
+        if self.drop:
+            return "drop"
+        if self.status is None:
+            return f"hang {self.delay:g}s"
+        return str(self.status) + (f" after {self.delay:g}s" if self.delay else "")
 
 
-F = TypeVar("F", bound=Matchable)
-
-
-def take(faults: Sequence[F], method: str, path: str) -> F | None:
+def take(faults: Sequence[Fault], method: str, path: str) -> Fault | None:
     """The first fault matching the request, counting one use of it (times=-1: no limit).
     The caller holds the lock guarding `faults`."""
     for fault in faults:

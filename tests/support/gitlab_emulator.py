@@ -35,6 +35,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.support import faults
+from tests.support.faults import Fault
 from tests.support.registry import RegistryClient, RegistryServer
 
 ZERO_TIME = "2024-01-01T00:00:00.000Z"
@@ -206,18 +207,6 @@ class Group:
         return self.path.rsplit("/", 1)[-1]
 
 
-@dataclass
-class Fault:
-    method: str
-    path_regex: re.Pattern
-    status: int | None  # None: only the delay, then the real answer
-    times: int
-    headers: dict
-    delay: float
-    body: dict | None
-    drop: bool | str = False  # True: close without answering; "after": do it, then close
-
-
 # Hook fields GitLab accepts; booleans with their defaults.
 HOOK_EVENT_DEFAULTS = {
     "push_events": True, "issues_events": False, "confidential_issues_events": False,
@@ -369,7 +358,7 @@ class GitLabEmulator:
         status=None only sleeps `delay`, then serves the request as usual: a slow GitLab."""
         with self.lock:
             self._faults.append(Fault(method.upper(), re.compile(path_regex), status, times,
-                                      dict(headers or {}), delay, body, drop))
+                                      dict(headers or {}), delay, drop, body))
 
     def clear_faults(self) -> None:
         with self.lock:

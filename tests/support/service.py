@@ -22,15 +22,19 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from tests.support.procs import free_port, stop, wait_for_port
+from tests.support.payloads import PAYLOADS, load_payload  # noqa: F401 (load_payload: re-exported)
 from workers import inbox
 
 ROOT = Path(__file__).resolve().parents[2]
-PAYLOADS = ROOT.parent / "shared" / "reference" / "payloads"
 SECRET = "e2e-webhook-secret"
 
 
-def load_payload(name: str) -> dict:
-    return json.loads((PAYLOADS / name).read_text())
+def job_or_none(conn: redis.Redis, job_id: str) -> Job | None:
+    """The RQ job, or None while its record still waits in the inbox for a worker's mover."""
+    try:
+        return Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return None
 
 
 def gitlab_headers(event: str, key: str | None = None, token: str = SECRET) -> dict:
@@ -145,9 +149,8 @@ class Service:
         deadline = time.monotonic() + timeout
         status = "not yet moved from the inbox"
         while time.monotonic() < deadline:
-            try:
-                job = Job.fetch(job_id, connection=conn)
-            except NoSuchJobError:  # accepted, not yet an RQ job: the worker's mover has yet to move it
+            job = job_or_none(conn, job_id)
+            if job is None:
                 time.sleep(0.05)
                 continue
             status = job.get_status(refresh=True)
