@@ -309,6 +309,10 @@ def test_merge_requests_and_commits(gitlab, api):
     assert commits.json()[0]["short_id"] == "b" * 8 and commits.headers["X-Total"] == "2"
     assert api.get("/projects/10/merge_requests/2").json()["sha"] == "b" * 40
     assert api.get("/projects/10/merge_requests/99/commits").status_code == 404
+    # commits=[]: nothing to merge, so GitLab lists no commits (not the source branch's head).
+    upstream.add_merge_request(4, "feature-a", commits=[], state="opened")
+    assert api.get("/projects/10/merge_requests/4/commits").json() == []
+    assert api.get("/projects/10/merge_requests/4").json()["sha"] is None
 
 
 # --- hooks --------------------------------------------------------------------------

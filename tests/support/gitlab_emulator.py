@@ -155,13 +155,14 @@ class Project:
                           state: str = "opened", commits: list[str | dict] | None = None,
                           source_project_id: int | None = None, title: str = "",
                           merge_commit_sha: str | None = None) -> MergeRequest:
-        """`commits`: shas (or {id, title} dicts), oldest first. Without them the MR gets
-        the source branch's head (when that branch exists here) or one random commit."""
+        """`commits`: shas (or {id, title} dicts), oldest first; [] is an MR without commits
+        (nothing to merge: GitLab lists none). Without `commits` (None) the MR gets the source
+        branch's head (when that branch exists here) or one random commit."""
         if state not in ("opened", "closed", "merged", "locked"):
             raise ValueError(f"bad merge request state {state!r}")
         with self._emu.lock:
             src_id = self.id if source_project_id is None else source_project_id
-            if not commits:
+            if commits is None:
                 src = self._emu.projects.get(src_id)
                 head = src.branches.get(source_branch) if src else None
                 commits = [head or random_sha()]
