@@ -253,6 +253,7 @@ class LoadSampler:
 def save(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    data = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **data}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
 
@@ -272,3 +273,66 @@ def percentile(values: list[float], p: float) -> float:
     k = (len(s) - 1) * p / 100
     lo, hi = int(k), min(int(k) + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+# --- GitLab requests by endpoint ----------------------------------------------------------------
+
+_ENDPOINTS = [  # (regex on the path after /api/v4, template); first match wins
+    (r"/projects/[^/]+/registry/repositories/\d+/tags/[^/]+", "/projects/:id/registry/repositories/:rid/tags/:tag"),
+    (r"/projects/[^/]+/registry/repositories/\d+/tags", "/projects/:id/registry/repositories/:rid/tags"),
+    (r"/projects/[^/]+/registry/repositories", "/projects/:id/registry/repositories"),
+    (r"/projects/[^/]+/repository/branches/[^/]+", "/projects/:id/repository/branches/:branch"),
+    (r"/projects/[^/]+/repository/branches", "/projects/:id/repository/branches"),
+    (r"/projects/[^/]+/repository/tags", "/projects/:id/repository/tags"),
+    (r"/projects/[^/]+/repository/commits/[^/]+/refs", "/projects/:id/repository/commits/:sha/refs"),
+    (r"/projects/[^/]+/repository/commits/[^/]+", "/projects/:id/repository/commits/:sha"),
+    (r"/projects/[^/]+/merge_requests/\d+/commits", "/projects/:id/merge_requests/:iid/commits"),
+    (r"/projects/[^/]+/merge_requests/\d+", "/projects/:id/merge_requests/:iid"),
+    (r"/projects/[^/]+/merge_requests", "/projects/:id/merge_requests"),
+    (r"/projects/[^/]+/pipelines/\d+", "/projects/:id/pipelines/:pipeline_id"),
+    (r"/projects/[^/]+/pipelines", "/projects/:id/pipelines"),
+    (r"/projects/[^/]+", "/projects/:id"),
+]
+_ENDPOINT_RX = [(re.compile(rx), name) for rx, name in _ENDPOINTS]
+
+
+def endpoint(method: str, path: str) -> str:
+    """`GET /projects/:id/pipelines` for `GET /api/v4/projects/4711/pipelines` (the emulator's raw path)."""
+    sub = path[len("/api/v4"):] if path.startswith("/api/v4") else path
+    for rx, name in _ENDPOINT_RX:
+        if rx.fullmatch(sub):
+            return f"{method} {name}"
+    return f"{method} {sub}"
+
+
+def by_endpoint(requests: list[tuple]) -> dict[str, int]:
+    """Counts of the emulator's request log (method, raw path, status) per endpoint, most first."""
+    counts: dict[str, int] = {}
+    for method, path, *_ in requests:
+        key = endpoint(method, path)
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class TimedEmulator(GitLabEmulator):
+    """The GitLab emulator, also adding up the time it spends serving each endpoint (its own work,
+    which GitLab's database would do differently: benchmarks subtract it to show tagsweeper's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.served_s: dict[str, float] = {}
+        self._served_lock = threading.Lock()
+
+    def _respond(self, req, raw_path):
+        started = time.perf_counter()
+        try:
+            return super()._respond(req, raw_path)
+        finally:
+            took = time.perf_counter() - started
+            key = endpoint(req.method, raw_path)
+            with self._served_lock:
+                self.served_s[key] = self.served_s.get(key, 0.0) + took
+
+    def reset_served(self) -> None:
+        with self._served_lock:
+            self.served_s.clear()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the five benchmarks in order (see bench/README.md); results in bench/results/.
+# Runs the benchmarks in order (see bench/README.md); results in bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-for b in intake cleanup scale sweep latency; do
+for b in intake cleanup scale sweep latency history "history --rss"; do
   echo "== $b  ($(uptime))"
-  "$PY" -m "bench.$b"
+  # shellcheck disable=SC2086  # "history --rss" is a module and its option
+  "$PY" -m bench.$b
 done
 echo "== done ($(uptime))"

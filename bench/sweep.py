@@ -9,22 +9,33 @@ set size") of that process. The project (id 4800, in the GitLab emulator, on the
 docker-registry 2.8 with token auth) has 5 registry repositories holding the same tag names, N/5
 each, in fixed proportions:
 
-- `:$SHA` + `:$SHORT_SHA` of main's history (about 84%): pipeline memory says built on main, kept;
+- `:$SHA` + `:$SHORT_SHA` of main's history (about 84%): GitLab's pipelines say built on main, kept;
 - 1 in 100 per repository: a live branch (its tag and its head's two SHA tags), kept;
 - 1 in 100: a merged, deleted branch (its tag and 4 commits' SHA tags): DELETED (about 9%);
 - 2%: release tags (PROTECTED_TAGS), 2%: `experiment-N` (unclear, kept and reported);
 - `main`, `latest`, main's head SHA tags.
 
-Short SHA tags are resolved through GitLab (one lookup per distinct commit, cached across the
-repositories); full SHA tags are decided from pipeline memory. Every tag is one PUT of one small
-manifest; each size's seeded storage is cached under .run/bench-cache/ (first run: about a minute
-for 10,000 tags). Each sweep runs on a fresh copy, so each deletes the same tags. Results, with an
-SVG plot of time and peak RSS against N, go to bench/results/ and docs/.
+GitLab's side is what a user's GitLab has (`setup`, `history_plan`): the branches, release tags,
+merged merge requests (merge commits), and the pipelines that built every tagged commit (push
+pipelines, a merge request pipeline per dead branch, tag pipelines for releases, main's pipelines
+on the merge commits), about N/10 pipelines for N tags. Redis starts empty, as for a freshly
+installed tagsweeper: the sweep reads GitLab's whole pipeline record first (`--source memory` seeds
+the old way instead: pipeline memory in Redis and no pipelines in GitLab). bench/history.py varies
+the pipeline history at a fixed number of tags and times a second sweep.
+
+Short and full SHA tags are decided from the pipelines record (a commit no pipeline built would be
+looked up in GitLab: none here). Every tag is one PUT of one small manifest; each size's seeded
+storage is cached under .run/bench-cache/ (first run: about a minute for 10,000 tags). Each sweep
+runs on a fresh copy, so each deletes the same tags. Requests are counted per endpoint at the
+emulator, which also adds up its own time serving them (`emulator_busy_s`: GitLab's side, in this
+benchmark a Python emulator). Results, with an SVG plot of time and peak RSS against N, go to
+bench/results/ and docs/.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import hashlib
 import json
 import logging
@@ -38,8 +49,8 @@ from pathlib import Path
 
 import redis
 
-from bench.common import (ROOT, WORK, LoadSampler, RedisServer, Stack, add_tags, cached_storage, machine, median,
-                          parallel_by_repo, save)
+from bench.common import (ROOT, WORK, LoadSampler, RedisServer, Stack, TimedEmulator, add_tags, by_endpoint,
+                          cached_storage, machine, median, parallel_by_repo, save)
 
 PROJECT_ID, PROJECT_PATH = 4800, "acme/sweep"
 REPO_NAMES = ("", "api", "web", "worker", "db")
@@ -102,28 +113,107 @@ def seed(total: int):
     return cached_storage(f"sweep-{total}", build), pop
 
 
-def setup(emu, conn: redis.Redis, pop: dict) -> None:
+OLD_UNIT = 10  # pipelines per unit of older history (see history_plan)
+SPACING_MIN = 15  # minutes between two seeded pipelines
+
+
+def history_plan(pop: dict, extra: int = 0) -> tuple[list[tuple], list[tuple]]:
+    """The project's pipelines as GitLab lists them, oldest first, and the merged merge requests.
+
+    Pipelines: (sha, ref, source, tag). First `extra` pipelines of older history whose images are
+    gone (expired or cleaned long ago), in units of OLD_UNIT: a feature branch `feature/old-K` with 3
+    commits (3 push pipelines and a merge request pipeline on refs/merge-requests/IID/head), its merge
+    commit's pipeline on main, 4 more commits pushed to main and a scheduled pipeline on main; the
+    remainder are push pipelines on main. Then the pipelines of the tagged commits: main's history,
+    each dead branch's 4 commits (push pipelines, a merge request pipeline on the last one, its merge
+    commit on main), the live branches' heads, a tag pipeline per release, main's head last.
+
+    Merge requests: (iid, source branch, commits, merge commit sha), merged with a merge commit."""
+    plan: list[tuple] = []
+    mrs: list[tuple] = []
+    units, rest = divmod(max(0, extra), OLD_UNIT)
+    for k in range(units):
+        branch, iid = f"feature/old-{k}", 10000 + k
+        commits = [sha("old", k, j) for j in range(3)]
+        merge = sha("old-merge", k)
+        plan += [(c, branch, "push", False) for c in commits]
+        plan.append((commits[-1], f"refs/merge-requests/{iid}/head", "merge_request_event", False))
+        plan.append((merge, "main", "push", False))
+        mains = [sha("old-main", k, j) for j in range(4)]
+        plan += [(c, "main", "push", False) for c in mains]
+        plan.append((mains[-1], "main", "schedule", False))
+        mrs.append((iid, branch, commits, merge))
+    plan += [(sha("old-main-rest", j), "main", "push", False) for j in range(rest)]
+    plan += [(c, "main", "push", False) for c in pop["history"]]
+    for i, (b, commits) in enumerate(pop["dead"].items()):
+        iid, merge = 100 + i, sha("merge", b)
+        plan += [(c, b, "push", False) for c in commits]
+        plan.append((commits[-1], f"refs/merge-requests/{iid}/head", "merge_request_event", False))
+        plan.append((merge, "main", "push", False))
+        mrs.append((iid, b, list(commits), merge))
+    plan += [(h, b, "push", False) for b, h in pop["live"].items()]
+    plan += [(sha("release", v), v, "push", True) for v in pop["releases"]]
+    plan.append((pop["main_head"], "main", "push", False))
+    return plan, mrs
+
+
+def setup(emu, conn: redis.Redis, pop: dict, *, source: str = "record", extra: int = 0) -> dict:
+    """Seed GitLab's side (the emulator) and Redis for one sweep.
+
+    source="record" (what a user has): GitLab lists the pipelines (`history_plan`, created SPACING_MIN
+    apart, the last an hour ago) and Redis is empty, as for a freshly installed tagsweeper.
+    source="memory" (the baseline, how this benchmark seeded before GitLab's pipelines decided):
+    GitLab lists no pipelines, and pipeline memory in Redis holds the same pipelines as Pipeline Hooks
+    would have recorded them (a merge request pipeline under its source branch, as the hook's `ref`)."""
     from workers import history
 
     emu.reset()
+    conn.flushall()
     project = emu.add_project(PROJECT_ID, PROJECT_PATH, default_branch="main")
     project.branches["main"] = pop["main_head"]
     for b, head in pop["live"].items():
         project.branches[b] = head
-    for i, v in enumerate(pop["releases"]):
+    for v in pop["releases"]:
         project.tags[v] = sha("release", v)
     for c in pop["history"]:
         project.add_commit(c, on=["main"])
-    for i, (b, commits) in enumerate(pop["dead"].items()):
-        project.add_merge_request(100 + i, b, "main", state="merged", commits=list(commits))
+    plan, mrs = history_plan(pop, extra)
+    for iid, b, commits, merge in mrs:
+        project.add_merge_request(iid, b, "main", state="merged", commits=list(commits), merge_commit_sha=merge)
     for name in REPO_NAMES:
         project.add_registry_repository(name)
-    conn.flushall()
-    pipe_calls = [(c, "main") for c in pop["history"] + [pop["main_head"]]]
-    pipe_calls += [(c, b) for b, commits in pop["dead"].items() for c in commits]
-    pipe_calls += [(h, b) for b, h in pop["live"].items()]
-    for c, ref in pipe_calls:
-        history.record(conn, project_id=PROJECT_ID, ref=ref, sha=c, tag=False, ttl_days=90, cap=100000)
+    sources = {f"refs/merge-requests/{iid}/head": b for iid, b, _, _ in mrs}
+    if source == "record":
+        first = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(hours=1, minutes=SPACING_MIN * len(plan))
+        for k, (c, ref, src, tag) in enumerate(plan):
+            project.add_pipeline(c, ref, source=src, tag=tag,
+                                 created_at=first + _dt.timedelta(minutes=SPACING_MIN * k))
+    elif source == "memory":
+        pipe_calls = [(c, sources.get(ref, ref), tag) for c, ref, _, tag in plan]
+        for c, ref, tag in pipe_calls:
+            history.record(conn, project_id=PROJECT_ID, ref=ref, sha=c, tag=tag, ttl_days=3650, cap=1_000_000)
+    else:
+        raise ValueError(source)
+    return {"pipelines": len(plan), "merge_requests": len(mrs), "source": source}
+
+
+def add_activity(emu, pop: dict, n: int = 5) -> None:
+    """What changed between two sweeps: `n` new pipelines (pushes to main and the live branches), now."""
+    project = emu.projects[PROJECT_ID]
+    branches = ["main", *pop["live"]]
+    for k in range(n):
+        b = branches[k % len(branches)]
+        c = project.push(b)
+        project.add_pipeline(c, b)
+
+
+def record_footprint(conn: redis.Redis) -> dict:
+    """Keys and bytes (MEMORY USAGE) of the pipelines record in Redis."""
+    keys = total = 0
+    for key in conn.scan_iter(match="tagsweeper:pipelines:*", count=1000):
+        keys += 1
+        total += conn.memory_usage(key, samples=0) or 0
+    return {"keys": keys, "bytes": total}
 
 
 def run_sweep(stack: Stack, redis_url: str, mode: str, workdir: Path) -> dict:
@@ -135,6 +225,8 @@ def run_sweep(stack: Stack, redis_url: str, mode: str, workdir: Path) -> dict:
     out = workdir / "sweep.json"
     timing = workdir / "time.txt"
     emu.reset_requests()
+    if hasattr(emu, "reset_served"):
+        emu.reset_served()
     stack.registry.mark()
     started = time.perf_counter()
     with open(out, "wb") as stdout:
@@ -147,11 +239,16 @@ def run_sweep(stack: Stack, redis_url: str, mode: str, workdir: Path) -> dict:
     elapsed = re.search(r"Elapsed \(wall clock\) time .*: (\S+)", text).group(1)
     report = json.loads(out.read_text())
     reg = stack.registry.requests(agent="tagsweeper")
+    served = dict(getattr(emu, "served_s", {}))
     return {"wall_s": wall, "time_elapsed": elapsed, "peak_rss_mb": rss_kb / 1024, "exit": proc.returncode,
             "stderr_tail": proc.stderr.decode(errors="replace")[-400:], "scanned": report.get("scanned"),
             "summary": report.get("summary"), "unclear": report.get("unclear"),
-            "kept_by_rule": report.get("kept_by_rule"),
-            "gitlab_requests": len(emu.requests), "registry_requests": len(reg)}
+            "kept_by_rule": report.get("kept_by_rule"), "pipelines_read": report.get("pipelines_read"),
+            "known_dead_branches": report.get("known_dead_branches"),
+            "gitlab_requests": len(emu.requests), "gitlab_by_endpoint": by_endpoint(emu.requests),
+            "emulator_busy_s": sum(served.values()),
+            "emulator_pipelines_s": served.get("GET /projects/:id/pipelines", 0.0),
+            "registry_requests": len(reg)}
 
 
 def svg_plot(points: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
@@ -197,12 +294,13 @@ def svg_plot(points: dict[str, list[tuple[int, float, float]]], path: Path) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.support.gitlab_emulator import GitLabEmulator
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,2500,5000,10000")
     parser.add_argument("--modes", default="api,registry")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--source", default="record", choices=("record", "memory"),
+                        help="record: GitLab lists the pipelines, Redis starts empty (default); memory: the old "
+                             "seeding, pipeline memory in Redis and no pipelines in GitLab")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     modes = [m for m in args.modes.split(",") if m]
@@ -213,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     server = RedisServer(work / "redis").start()
     conn = redis.Redis.from_url(server.url)
-    emu = GitLabEmulator().start()
+    emu = TimedEmulator().start()
     runs: dict[str, dict[int, list[dict]]] = {m: {n: [] for n in sizes} for m in modes}
     try:
         with LoadSampler() as sampler:
@@ -226,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                             shutil.rmtree(wd)
                         stack = Stack(wd, storage_from=golden, emulator=emu)
                         try:
-                            setup(emu, conn, pop)
+                            seeded_as = setup(emu, conn, pop, source=args.source)
                             res = run_sweep(stack, server.url, mode, wd)
+                            res.update(seeded=seeded_as, record=record_footprint(conn))
                         finally:
                             stack.stop()
                             shutil.rmtree(wd / "data", ignore_errors=True)
@@ -237,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{mode:8s} {n:6d} tags: {res['wall_s']:7.2f} s  peak RSS {res['peak_rss_mb']:6.1f} MB  "
                               f"scanned {res['scanned']} deleted {s.get('deleted')} (expected {res['expected_deletions']}) "
                               f"unclear {res['unclear']} failed {s.get('failed')}  requests: gitlab "
-                              f"{res['gitlab_requests']} registry {res['registry_requests']}  exit {res['exit']}",
+                              f"{res['gitlab_requests']} registry {res['registry_requests']}  exit {res['exit']}  "
+                              f"pipelines {seeded_as['pipelines']} read {res['pipelines_read']}",
                               flush=True)
+                        print(f"         by endpoint {res['gitlab_by_endpoint']}", flush=True)
     finally:
         emu.stop()
         server.stop()
@@ -252,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m:8s} {a['tags']} -> {b['tags']} tags: time {a['wall_s']:.1f} -> {b['wall_s']:.1f} s "
               f"(x{b['wall_s'] / a['wall_s']:.1f}), peak RSS {a['peak_rss_mb']:.1f} -> {b['peak_rss_mb']:.1f} MB "
               f"(target < 150 MB: {'MET' if b['peak_rss_mb'] < 150 else 'MISSED'})")
-    save("sweep", {"machine": machine(), "load": sampler.summary(), "summary": summary, "runs": runs})
+    save("sweep", {"machine": machine(), "load": sampler.summary(), "summary": summary, "runs": runs,
+                   "source": args.source,
+                   "command": "python -m bench.sweep " + " ".join(argv if argv is not None else sys.argv[1:])})
     svg_plot({m: [(r["tags"], r["wall_s"], r["peak_rss_mb"]) for r in rows] for m, rows in summary.items()},
              ROOT / "docs" / "benchmarks-sweep.svg")
     return 0

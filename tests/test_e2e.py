@@ -60,7 +60,7 @@ def make_shop(gitlab, project_id: int = 4711, path: str | None = None):
     project.branches["main"] = MERGE
     project.branches["feature/other"] = OTHER
     project.tags["v1.2.0"] = "3" * 40
-    project.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST, EARLIER])
+    project.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST, EARLIER], merge_commit_sha=MERGE)
     repos = [path, f"{path}/worker"]
     for name in ("", "worker"):
         project.add_registry_repository(name)
@@ -297,7 +297,8 @@ def test_fork_merge_cleans_the_fork(gitlab, service):
     body = merge_payload(upstream, source_project_id=fork.id)
     body["object_attributes"]["source"]["path_with_namespace"] = fork.path
     upstream.merge_requests.clear()
-    upstream.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST], source_project_id=fork.id)
+    upstream.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST], source_project_id=fork.id,
+                               merge_commit_sha=MERGE)
     response = service.post(body, "Merge Request Hook", key="fork-1")
     assert service.wait_for_job(response.json()["job_id"]).get_status() == "finished"
     assert_registry(gitlab, [fork.path], fork_digests, {"feature-checkout-flow", LAST})

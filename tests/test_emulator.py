@@ -6,12 +6,15 @@ and the registry's API v2 with the tokens it signs.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from urllib.parse import quote
 
 import pytest
 import requests
+
+from tests.support.gitlab_emulator import random_sha
 
 TIMEOUT = 10
 
@@ -398,3 +401,450 @@ def test_concurrent_single_tag_deletes_on_one_digest(gitlab, api, shop):
 def test_unknown_route_and_wrong_method(gitlab, api, shop):
     assert api.get("/nothing/here").status_code == 404
     assert api("POST", "/projects/1").status_code == 405
+
+
+# --- commit graph -----------------------------------------------------------------------
+
+def _refs(api, pid, sha):
+    resp = api.get(f"/projects/{pid}/repository/commits/{sha}/refs", params={"per_page": 100})
+    assert resp.status_code == 200, resp.text
+    return sorted((r["type"], r["name"]) for r in resp.json())
+
+
+def test_branch_history_add_branch_push_and_update_ref(gitlab, api):
+    project = gitlab.add_project(30, "acme/graph")
+    root = project.branches["main"]
+    assert project.history == {"main": [root]}
+
+    feature_base = project.add_branch("feature", from_branch="main")
+    assert feature_base == root and project.history["feature"] == [root]
+    c1 = project.push("feature")
+    c2 = project.push("feature", count=2)
+    c3 = project.push("feature", sha="c3" * 20)
+    assert c3 == "c3" * 20 and project.branches["feature"] == c3
+    assert project.history["feature"][0] == root and project.history["feature"][-1] == c3
+    assert len(project.history["feature"]) == 5 and c1 in project.history["feature"]
+    with pytest.raises(KeyError):
+        project.push("nope")
+    with pytest.raises(ValueError):
+        project.push("feature", sha="d" * 40, count=2)
+
+    # A new commit on top of another branch; a branch made at a known commit gets its ancestry.
+    topic = project.add_branch("topic", "e" * 40, from_branch="main")
+    assert project.history["topic"] == [root, topic]
+    project.add_branch("at-c1", c1)
+    assert project.history["at-c1"] == [root, c1]
+    # A bare `branches[name] = sha` is git update-ref: the commit and its known ancestry.
+    project.branches["feature"] = c1
+    assert project.history["feature"] == [root, c1]
+    project.branches["fresh"] = "f" * 40
+    assert project.history["fresh"] == ["f" * 40]
+
+    assert _refs(api, 30, root) == [("branch", "at-c1"), ("branch", "feature"), ("branch", "main"),
+                                    ("branch", "topic")]
+    assert _refs(api, 30, c1) == [("branch", "at-c1"), ("branch", "feature")]
+    assert _refs(api, 30, c2) == []  # feature was moved back: c2 is known but on no ref any more
+    commit = api.get(f"/projects/30/repository/commits/{c1}").json()
+    assert commit["parent_ids"] == [root]
+
+
+def test_deleted_branch_commits_stay_resolvable(gitlab, api):
+    project = gitlab.add_project(31, "acme/kept")
+    project.add_branch("feature/gone", from_branch="main")
+    first = project.push("feature/gone", sha="abcd0" + "1" * 35)
+    second = project.push("feature/gone", sha="abcd1" + "2" * 35)
+    project.add_pipeline(first, "feature/gone")
+    project.add_pipeline(second, "feature/gone")
+    project.delete_branch("feature/gone")
+    assert "feature/gone" not in project.history
+
+    for ref, full in ((first, first), (second, second), (first[:8], first), ("abcd1", second),
+                      (second[:39], second)):
+        resp = api.get(f"/projects/31/repository/commits/{ref}")
+        assert resp.status_code == 200 and resp.json()["id"] == full, ref
+        assert api.get(f"/projects/31/repository/commits/{ref}/refs").json() == []
+    for ambiguous in ("abcd", "abc", "ABCD0"):  # ambiguous, too short, not lower-case hex
+        resp = api.get(f"/projects/31/repository/commits/{ambiguous}")
+        assert resp.status_code == 404 and resp.json() == {"message": "404 Commit Not Found"}
+    # A deleted pipeline's commit stays kept around as well.
+    sha = "9" * 40
+    pipeline = project.add_pipeline(sha, "main")
+    project.delete_pipeline(pipeline.id)
+    assert api.get(f"/projects/31/repository/commits/{sha}").status_code == 200
+
+
+def test_legacy_seeding_rules_still_hold(gitlab, api):
+    """add_commit(on=...), MRs with given commits and seeded merged MRs keep their meaning."""
+    project = gitlab.add_project(32, "acme/legacy")
+    project.branches["main"] = "1" * 40
+    project.add_commit("2" * 40, on=["main", "gone"])
+    project.add_merge_request(1, "feature", "main", state="merged", commits=["3" * 40], merge_commit_sha="4" * 40)
+    project.add_merge_request(2, "open", "main", commits=["5" * 40])
+    project.add_branch("open", "6" * 40)
+    project.add_merge_request(3, "squashed", "main", state="merged", commits=["7" * 40], squash=True,
+                              squash_commit_sha="8" * 40, merge_commit_sha="9" * 40)
+
+    assert _refs(api, 32, "2" * 40) == [("branch", "main")]
+    assert _refs(api, 32, "3" * 40) == [("branch", "main")]
+    assert _refs(api, 32, "4" * 40) == [("branch", "main")]
+    assert _refs(api, 32, "5" * 40) == [("branch", "open")]
+    assert _refs(api, 32, "7" * 40) == []  # a squashed MR's own commits never reach the target
+    assert _refs(api, 32, "8" * 40) == [("branch", "main")]
+    assert _refs(api, 32, "9" * 40) == [("branch", "main")]
+    mr = api.get("/projects/32/merge_requests/3").json()
+    assert (mr["squash"], mr["squash_commit_sha"], mr["merge_commit_sha"]) == (True, "8" * 40, "9" * 40)
+
+
+def test_merge_request_commits_follow_the_source_branch(gitlab, api):
+    project = gitlab.add_project(33, "acme/mrs")
+    project.add_branch("feature", from_branch="main")
+    a, b = project.push("feature"), project.push("feature")
+    mr = project.add_merge_request(1, "feature")
+    assert [c["id"] for c in mr.commits] == [a, b] and mr.sha == b
+    c = project.push("feature")
+    listed = api.get("/projects/33/merge_requests/1/commits").json()
+    assert [x["id"] for x in listed] == [c, b, a]  # newest first, refreshed by the push
+    assert api.get("/projects/33/merge_requests/1").json()["sha"] == c
+
+    # Nothing the target lacks: no commits, as GitLab lists none.
+    project.add_branch("same", from_branch="main")
+    empty = project.add_merge_request(2, "same")
+    assert empty.commits == [] and api.get("/projects/33/merge_requests/2").json()["sha"] is None
+
+    # Retargeting recomputes against the new target; closing freezes.
+    project.add_branch("release", from_branch="feature")
+    project.retarget(1, "release")
+    assert api.get("/projects/33/merge_requests/1").json()["target_branch"] == "release"
+    assert project.merge_requests[1].commits == []
+    project.retarget(1, "main")
+    assert [x["id"] for x in project.merge_requests[1].commits] == [a, b, c]
+    project.close(1)
+    project.push("feature")
+    closed = api.get("/projects/33/merge_requests/1").json()
+    assert closed["state"] == "closed" and closed["closed_at"] and closed["sha"] == c
+    with pytest.raises(ValueError):
+        project.merge(1)
+
+
+# --- merge methods ------------------------------------------------------------------------
+
+MERGE_CASES = {
+    # method: (merge_commit_sha is new, squash, squash_commit_sha set, target head,
+    #          MR commits on the target afterwards)
+    "merge": (True, False, False, "merge", True),
+    "ff": (False, False, False, "mr_head", True),
+    "squash": (True, True, True, "merge", False),
+    "squash_ff": (False, True, True, "squash", False),
+}
+
+
+@pytest.mark.parametrize("method", list(MERGE_CASES))
+@pytest.mark.parametrize("remove_source_branch", [False, True])
+def test_merge_methods(gitlab, api, method, remove_source_branch):
+    has_merge_commit, squash, has_squash_commit, head_is, commits_on_target = MERGE_CASES[method]
+    project = gitlab.add_project(40, "acme/merging")
+    base = project.branches["main"]
+    project.add_branch("feature", from_branch="main")
+    a, b = project.push("feature", count=1), project.push("feature", count=1)
+    project.add_merge_request(7, "feature", "main")
+    before = api.get("/projects/40/merge_requests/7").json()
+    assert (before["state"], before["merged_at"], before["merge_commit_sha"], before["squash_commit_sha"],
+            before["squash"], before["sha"], before["detailed_merge_status"]) == \
+        ("opened", None, None, None, False, b, "mergeable")
+
+    project.merge(7, method, remove_source_branch=remove_source_branch)
+    mr = api.get("/projects/40/merge_requests/7").json()
+    assert mr == next(m for m in api.get("/projects/40/merge_requests").json() if m["iid"] == 7)
+    assert mr["state"] == "merged" and mr["merged_at"] and mr["sha"] == b
+    assert mr["squash"] is squash and mr["detailed_merge_status"] == "not_open"
+    assert (mr["merge_commit_sha"] is not None) is has_merge_commit
+    assert (mr["squash_commit_sha"] is not None) is has_squash_commit
+    assert mr["merge_commit_sha"] not in (a, b, base)
+    main = api.get("/projects/40/repository/branches/main").json()["commit"]["id"]
+    assert main == {"merge": mr["merge_commit_sha"], "mr_head": b, "squash": mr["squash_commit_sha"]}[head_is]
+    assert mr["force_remove_source_branch"] is remove_source_branch
+
+    source_refs = [] if remove_source_branch else [("branch", "feature")]
+    for sha in (a, b):
+        expected = sorted(source_refs + ([("branch", "main")] if commits_on_target else []))
+        assert _refs(api, 40, sha) == expected, sha
+        assert api.get(f"/projects/40/repository/commits/{sha[:10]}").json()["id"] == sha
+    for sha in (mr["merge_commit_sha"], mr["squash_commit_sha"]):
+        if sha:
+            assert _refs(api, 40, sha) == [("branch", "main")]
+    assert _refs(api, 40, base) == sorted([("branch", "main")] + source_refs)
+    status = api.get("/projects/40/repository/branches/feature").status_code
+    assert status == (404 if remove_source_branch else 200)
+    if has_merge_commit:
+        merge = api.get(f"/projects/40/repository/commits/{mr['merge_commit_sha']}").json()
+        assert merge["parent_ids"] == [base, mr["squash_commit_sha"] or b]
+
+
+@pytest.mark.parametrize("method", ["ff", "squash_ff"])
+def test_fast_forward_needs_an_up_to_date_source(gitlab, method):
+    project = gitlab.add_project(41, "acme/ff")
+    project.add_branch("feature", from_branch="main")
+    project.push("feature")
+    project.add_merge_request(1, "feature")
+    project.push("main")  # the target moved on: GitLab asks for a rebase
+    with pytest.raises(ValueError, match="fast-forward"):
+        project.merge(1, method)
+    project.merge(1, "merge")  # a merge commit is fine
+    assert project.merge_requests[1].state == "merged"
+    with pytest.raises(ValueError):
+        project.merge(1, "merge")  # merged already
+
+
+# --- pipelines ----------------------------------------------------------------------------
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _at(minutes: float) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def piped(gitlab):
+    """Project 50 with one pipeline of each kind, created a minute apart from T0."""
+    project = gitlab.add_project(50, "acme/piped")
+    main0 = project.branches["main"]
+    project.add_tag("v1.0.0", main0)
+    project.add_branch("feature", from_branch="main")
+    feat = project.push("feature")
+    project.add_merge_request(1, "feature")
+    pls = {
+        "main0": project.add_pipeline(main0, "main", created_at=_at(0)),
+        "feat": project.add_pipeline(feat, "feature", status="failed", created_at=_at(1)),
+        "mr_head": project.add_pipeline(feat, "refs/merge-requests/1/head", source="merge_request_event",
+                                        status="running", created_at=_at(2)),
+        "tag": project.add_pipeline(main0, "v1.0.0", created_at=_at(3)),
+        "child": project.add_pipeline(feat, "feature", source="parent_pipeline", status="pending",
+                                      created_at=_at(4)),
+        "main1": project.add_pipeline(project.push("main"), "main", status="pending", source="schedule",
+                                      created_at=_at(5)),
+        "gone": project.add_pipeline("0123" * 10, "deleted", status="canceled", created_at=_at(6)),
+    }
+    return project, pls
+
+
+def _ids(resp):
+    assert resp.status_code == 200, resp.text
+    return [p["id"] for p in resp.json()]
+
+
+PIPELINE_FILTERS = [
+    # (params, expected labels in answer order)
+    ({}, ["gone", "main1", "tag", "mr_head", "feat", "main0"]),  # no child pipelines, newest first
+    ({"source": "parent_pipeline"}, ["child"]),
+    ({"sha": "FEAT"}, ["mr_head", "feat"]),
+    ({"sha": "FEAT8"}, []),  # exact full SHA only
+    ({"ref": "feature"}, ["feat"]),
+    ({"ref": "refs/merge-requests/1/head"}, ["mr_head"]),
+    ({"ref": "feat"}, []),
+    ({"status": "success"}, ["tag", "main0"]),
+    ({"source": "schedule"}, ["main1"]),
+    ({"scope": "running"}, ["mr_head"]),
+    ({"scope": "pending"}, ["main1"]),
+    ({"scope": "finished"}, ["gone", "tag", "feat", "main0"]),
+    ({"scope": "branches"}, ["main1", "feat"]),  # the newest per branch that exists now
+    ({"scope": "tags"}, ["tag"]),
+    ({"scope": "branches", "status": "success"}, []),  # scope first, then status: main1 is pending
+    ({"updated_after": "AT3"}, ["gone", "main1", "tag"]),  # inclusive, as UpdatedAtFilterable
+    ({"updated_before": "AT1"}, ["feat", "main0"]),
+    ({"updated_after": "AT3", "updated_before": "AT1"}, []),
+    ({"created_after": "AT3"}, ["gone", "main1"]),  # strict, as Ci::Pipeline.created_after
+    ({"created_before": "AT1"}, ["main0"]),
+    ({"updated_after": "2024-01-01T00:02:30+00:00"}, ["gone", "main1", "tag"]),
+    ({"updated_after": "2024-01-01"}, ["gone", "main1", "tag", "mr_head", "feat", "main0"]),
+    ({"order_by": "id", "sort": "asc"}, ["main0", "feat", "mr_head", "tag", "main1", "gone"]),
+    ({"order_by": "status", "sort": "asc"}, ["gone", "feat", "main1", "mr_head", "main0", "tag"]),
+    ({"order_by": "ref", "sort": "desc"}, ["tag", "mr_head", "main1", "main0", "feat", "gone"]),
+    ({"order_by": "updated_at", "sort": "asc"}, ["main0", "feat", "mr_head", "tag", "main1", "gone"]),
+    ({"order_by": "user_id"}, ["gone", "main1", "tag", "mr_head", "feat", "main0"]),
+    ({"username": "emulator", "yaml_errors": "false"}, ["gone", "main1", "tag", "mr_head", "feat", "main0"]),
+    ({"username": "someone-else"}, []),
+]
+
+
+@pytest.mark.parametrize("params,expected", PIPELINE_FILTERS, ids=[repr(p) for p, _ in PIPELINE_FILTERS])
+def test_pipeline_list_filters(api, piped, params, expected):
+    project, pls = piped
+    feat = pls["feat"].sha
+    subst = {"FEAT": feat, "FEAT8": feat[:8], "AT3": pls["tag"].updated_at, "AT1": pls["feat"].updated_at}
+    params = {k: subst.get(v, v) for k, v in params.items()}
+    resp = api.get("/projects/50/pipelines", params=params)
+    assert _ids(resp) == [pls[label].id for label in expected]
+    for item in resp.json():
+        assert set(item) == {"id", "iid", "project_id", "sha", "ref", "status", "source", "created_at",
+                             "updated_at", "web_url", "name"}  # no `tag` in the list
+
+
+PIPELINE_ERRORS = [
+    ({"order_by": "created_at"}, "order_by does not have a valid value"),
+    ({"sort": "ASC"}, "sort does not have a valid value"),
+    ({"scope": "all"}, "scope does not have a valid value"),
+    ({"status": "passed"}, "status does not have a valid value"),
+    ({"source": "merge_request"}, "source does not have a valid value"),
+    ({"updated_after": "yesterday"}, "updated_after is invalid"),
+    ({"created_before": "2024-13-01"}, "created_before is invalid"),
+    ({"scope": "x", "updated_after": "x", "sort": "x"},
+     "scope does not have a valid value, updated_after is invalid, sort does not have a valid value"),
+]
+
+
+@pytest.mark.parametrize("params,error", PIPELINE_ERRORS, ids=[repr(p) for p, _ in PIPELINE_ERRORS])
+def test_pipeline_list_rejects_bad_parameters(api, piped, params, error):
+    resp = api.get("/projects/50/pipelines", params=params)
+    assert resp.status_code == 400 and resp.json() == {"error": error}
+
+
+def test_pipeline_list_paginates(gitlab, api):
+    project = gitlab.add_project(51, "acme/many")
+    made = [project.add_pipeline(random_sha(), "main", created_at=_at(i)).id for i in range(45)]
+    first = api.get("/projects/51/pipelines", params={"order_by": "id", "sort": "asc"})
+    h = first.headers
+    assert (h["X-Page"], h["X-Per-Page"], h["X-Total"], h["X-Total-Pages"], h["X-Next-Page"]) == \
+        ("1", "20", "45", "3", "2")
+    seen, resp = _ids(first), first
+    while "next" in resp.links:
+        resp = api.s.get(resp.links["next"]["url"], timeout=TIMEOUT)
+        seen += _ids(resp)
+    assert seen == made and resp.headers["X-Page"] == "3" and resp.headers["X-Next-Page"] == ""
+    page = api.get("/projects/51/pipelines", params={"per_page": 10, "page": 2, "sort": "desc"})
+    assert _ids(page) == made[::-1][10:20]
+    assert api.get("/projects/51/pipelines", params={"per_page": 1000}).headers["X-Per-Page"] == "100"
+    assert [iid for iid in (p.iid for p in project.pipelines.values())] == list(range(1, 46))
+
+
+def test_single_pipeline(api, piped):
+    project, pls = piped
+    tag = api.get(f"/projects/50/pipelines/{pls['tag'].id}").json()
+    assert tag["tag"] is True and tag["ref"] == "v1.0.0" and tag["sha"] == pls["tag"].sha
+    main = api.get(f"/projects/50/pipelines/{pls['main1'].id}").json()
+    assert main["tag"] is False and main["before_sha"] == "0" * 40  # a scheduled pipeline: no push
+    assert main["status"] == "pending" and main["started_at"] is None and main["finished_at"] is None
+    mr = api.get(f"/projects/50/pipelines/{pls['mr_head'].id}").json()
+    assert mr["tag"] is False and mr["before_sha"] == "0" * 40 and mr["started_at"]
+    done = api.get(f"/projects/50/pipelines/{pls['feat'].id}").json()
+    assert done["finished_at"] == done["updated_at"] and done["duration"] == 0
+    assert done["before_sha"] == pls["main0"].sha  # a push pipeline: the branch's previous commit
+    assert done["web_url"] == f"{api.base[:-len('/api/v4')]}/acme/piped/-/pipelines/{pls['feat'].id}"
+    assert {"iid", "project_id", "created_at", "user", "detailed_status", "coverage", "yaml_errors",
+            "queued_duration", "name"} <= set(done)
+    missing = api.get("/projects/50/pipelines/999999")
+    assert missing.status_code == 404 and missing.json() == {"message": "404 Not found"}
+    assert api.get("/projects/50/pipelines/abc").json() == {"error": "pipeline_id is invalid"}
+    other = project._emu.add_project(52, "acme/other")
+    assert api.get(f"/projects/52/pipelines/{pls['tag'].id}").status_code == 404
+    assert other.add_pipeline(random_sha(), "main").id > max(p.id for p in pls.values())  # ids are global
+
+
+def test_merge_request_pipelines(gitlab, api):
+    project = gitlab.add_project(53, "acme/mrpipes")
+    main0 = project.branches["main"]
+    project.add_branch("feature", from_branch="main")
+    a = project.push("feature")
+    project.add_merge_request(3, "feature")
+    project.add_branch("other", from_branch="main")
+    project.add_merge_request(4, "other", commits=[project.push("other")])
+    pl = {
+        "branch_a": project.add_pipeline(a, "feature"),
+        "mr_head": project.add_pipeline(a, "refs/merge-requests/3/head", source="merge_request_event"),
+        "merged_result": project.add_pipeline(random_sha(), "refs/merge-requests/3/merge",
+                                              source="merge_request_event"),
+        "base_on_feature": project.add_pipeline(main0, "feature"),  # not one of the MR's commits
+        "main": project.add_pipeline(a, "main"),  # not the source branch
+        "other_mr": project.add_pipeline(a, "refs/merge-requests/4/head", source="merge_request_event"),
+        "child": project.add_pipeline(a, "feature", source="parent_pipeline"),  # not a branch source
+    }
+    b = project.push("feature")
+    pl["branch_b"] = project.add_pipeline(b, "feature")
+    # Force-push the branch away from a: the MR keeps a among all its commits (every diff version).
+    project.branches["feature"] = main0
+    project.push("feature")
+    assert a not in [c["id"] for c in project.merge_requests[3].commits]
+
+    resp = api.get("/projects/53/merge_requests/3/pipelines")
+    assert _ids(resp) == [pl[k].id for k in ("merged_result", "mr_head", "branch_b", "branch_a")]
+    assert set(resp.json()[0]) == {"id", "iid", "project_id", "sha", "ref", "status", "source",
+                                   "created_at", "updated_at", "web_url"}
+    assert resp.json()[0]["ref"] == "refs/merge-requests/3/merge"
+    paged = api.get("/projects/53/merge_requests/3/pipelines", params={"per_page": 3, "page": 2})
+    assert _ids(paged) == [pl["branch_a"].id] and paged.headers["X-Total"] == "4"
+    assert _ids(api.get("/projects/53/merge_requests/4/pipelines")) == [pl["other_mr"].id]
+    assert api.get("/projects/53/merge_requests/9/pipelines").status_code == 404
+
+
+def test_fork_merge_request_pipelines(gitlab, api):
+    upstream = gitlab.add_project(54, "acme/up")
+    fork = gitlab.add_project(55, "dev/up")
+    fork.add_branch("feature", fork.branches["main"])
+    head = fork.push("feature")
+    upstream.add_merge_request(1, "feature", source_project_id=55)
+    assert [c["id"] for c in upstream.merge_requests[1].commits] == [fork.branches["main"], head]
+    in_fork = fork.add_pipeline(head, "feature")
+    in_upstream = upstream.add_pipeline(head, "refs/merge-requests/1/head", source="merge_request_event")
+    upstream.add_pipeline(head, "feature")  # upstream has no such branch pipeline for the MR
+    assert _ids(api.get("/projects/54/merge_requests/1/pipelines")) == [in_upstream.id, in_fork.id]
+
+
+def test_pipeline_clock_never_goes_backwards(gitlab, api):
+    project = gitlab.add_project(56, "acme/clock")
+    sha = project.branches["main"]
+    old = [project.add_pipeline(sha, "main", created_at=_at(i)) for i in range(3)]
+    assert [p.updated_at for p in old] == [p.created_at for p in old]  # seeded in order: as given
+    assert old[0].created_at == "2024-01-01T00:00:00.000Z"
+    late = project.add_pipeline(sha, "main", created_at="2023-06-01T12:00:00Z")  # older than the clock
+    assert late.created_at == "2023-06-01T12:00:00.000Z" and late.updated_at == "2024-01-01T00:02:00.001Z"
+    project.update_pipeline(old[0].id, "failed", at=_at(1))  # a time behind the clock still moves on
+    assert old[0].updated_at == "2024-01-01T00:02:00.002Z" and old[0].status == "failed"
+    fresh = project.add_pipeline(sha, "main")  # now: after all seeded history
+    project.update_pipeline(old[1].id, "running")
+    assert old[1].updated_at > fresh.updated_at > old[0].updated_at
+
+    stamps = [p["updated_at"] for p in api.get("/projects/56/pipelines",
+                                               params={"order_by": "updated_at", "sort": "asc"}).json()]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps) == 5
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", s) for s in stamps)
+    after = api.get("/projects/56/pipelines", params={"updated_after": old[0].updated_at, "sort": "asc"})
+    assert _ids(after) == [old[0].id, old[1].id, fresh.id]
+
+
+def test_pipeline_seeding_validation(gitlab):
+    project = gitlab.add_project(57, "acme/strict")
+    sha = project.branches["main"]
+    for kwargs in ({"status": "passed"}, {"source": "merge_request"}, {"ref": "refs/merge-requests/1/head"},
+                   {"source": "merge_request_event"}, {"ref": "refs/merge-requests/1/head",
+                                                       "source": "merge_request_event", "tag": True}):
+        kwargs = {"ref": "main", **kwargs}
+        with pytest.raises(ValueError):
+            project.add_pipeline(sha, **kwargs)
+    with pytest.raises(ValueError):
+        project.add_pipeline(sha[:8], "main")
+    with pytest.raises(KeyError):
+        project.update_pipeline(424242, "success")
+
+
+def test_pipeline_endpoints_are_counted_and_take_faults(gitlab, api, piped):
+    gitlab.reset_requests()
+    gitlab.inject_fault("GET", r"/projects/50/pipelines$", 429, times=1, headers={"Retry-After": "1"})
+    assert api.get("/projects/50/pipelines").status_code == 429
+    assert api.get("/projects/50/pipelines").status_code == 200
+    assert api.get("/projects/50/merge_requests/1/pipelines").status_code == 200
+    assert gitlab.count("GET", r"/pipelines$") == 3
+    assert gitlab.count("GET", r"/merge_requests/1/pipelines$") == 1
+    assert api("POST", "/projects/50/pipelines").status_code == 405
+
+
+def test_fault_injection_can_target_one_page(gitlab, api):
+    project = gitlab.add_project(58, "acme/paged-faults")
+    for i in range(30):
+        project.add_pipeline(random_sha(), "main", created_at=_at(i))
+    gitlab.inject_fault("GET", r"/projects/58/pipelines$", 503, times=-1, query_regex=r"(^|&)page=2(&|$)")
+    assert api.get("/projects/58/pipelines").status_code == 200
+    assert api.get("/projects/58/pipelines", params={"page": 1}).status_code == 200
+    assert api.get("/projects/58/pipelines", params={"per_page": 20, "page": 2}).status_code == 503
+    assert api.get("/projects/58/pipelines", params={"page": 22}).status_code == 200
+    gitlab.clear_faults()
+    assert api.get("/projects/58/pipelines", params={"page": 2}).status_code == 200

@@ -316,7 +316,8 @@ SEARCH_SHAS = ("7" * 40, "8" * 40)
 
 def add_search_branch(gitlab, project, repos, digests) -> set[str]:
     """A second merged branch of the same project, with its own images; returns its tags."""
-    project.add_merge_request(40, SEARCH, "main", state="merged", commits=list(SEARCH_SHAS))
+    project.add_merge_request(40, SEARCH, "main", state="merged", commits=list(SEARCH_SHAS),
+                              merge_commit_sha="9" * 40)
     tags = {"feature-search", *SEARCH_SHAS, *(s[:8] for s in SEARCH_SHAS)}
     for repo in repos:
         d = gitlab.registry_client.push_image(repo, sorted(tags), content=f"{repo}-search")

@@ -87,7 +87,7 @@ def seed(gitlab) -> tuple[list[Shop], list[Delivery]]:
         for b in range(MERGED):
             branch, commits = f"feature/m{b}", [sha(), sha()]
             iid += 1
-            project.add_merge_request(iid, branch, "main", state="merged", commits=commits)
+            project.add_merge_request(iid, branch, "main", state="merged", commits=commits, merge_commit_sha=sha())
             tags = [slug(branch), *commits, *(c[:8] for c in commits)]
             images.append((shop, tags, f"{p}-m{b}"))
             shop.gone.update(tags)

@@ -209,3 +209,93 @@ def test_plan_refuses_bad_branch_names():
     for branch in ("", "a\nb", "x" * 256, None):
         with pytest.raises(rules.RuleError):
             plan(Facts(branch=branch, shas=frozenset()), Policy())
+
+
+# --- GitLab's record: pipeline refs and merge methods --------------------------------------------
+
+@pytest.mark.parametrize("ref, iid", [
+    ("refs/merge-requests/12/head", 12),
+    ("refs/merge-requests/7/merge", 7),     # merged-results pipeline
+    ("refs/merge-requests/3/train", 3),     # merge train
+    ("refs/merge-requests/12/heads", None),
+    ("refs/merge-requests/x/head", None),
+    ("feature/refs/merge-requests/1/head", None),
+    ("main", None),
+    ("refs/heads/main", None),
+])
+def test_merge_request_of_ref(ref, iid):
+    assert rules.merge_request_of_ref(ref) == iid
+
+
+def _mr(**kw) -> rules.MergeRequest:
+    base = dict(iid=5, state="merged", source_branch="feature/x", target_branch="main", sha=SHA_A)
+    return rules.MergeRequest(**{**base, **kw})
+
+
+@pytest.mark.parametrize("mr, head", [
+    (_mr(), SHA_A),                                                     # fast-forward: head is main's now
+    (_mr(merge_commit_sha=SHA_B), None),                                # merge commit: a new commit
+    (_mr(squash=True, squash_commit_sha=SHA_B), None),                  # squash, fast-forwarded
+    (_mr(squash=True, squash_commit_sha=SHA_B, merge_commit_sha=SHA_C), None),  # squash + merge commit
+    (_mr(squash=True, merge_commit_sha=SHA_B), None),                   # squash commit shown as merge commit
+    (_mr(squash=True), SHA_A),                                          # squashed, nothing recorded: kept
+    (_mr(state="opened"), None),
+    (_mr(state="closed"), None),
+    (_mr(sha=None), None),
+])
+def test_fast_forward_head(mr, head):
+    assert rules.fast_forward_head(mr) == head
+
+
+def test_merge_request_from_api_reads_gitlabs_fields():
+    mr = rules.MergeRequest.from_api({
+        "iid": 9, "state": "merged", "source_branch": "a", "target_branch": "main", "source_project_id": 2,
+        "sha": SHA_A, "merge_commit_sha": None, "squash_commit_sha": SHA_B, "squash": True}, 1)
+    assert (mr.iid, mr.own, mr.sha, mr.merge_commit_sha, mr.squash_commit_sha, mr.squash) == \
+        (9, False, SHA_A, None, SHA_B, True)
+    assert rules.MergeRequest.from_api({"iid": 1, "sha": "zz"}, 1).sha is None
+
+
+MRS = {
+    1: _mr(iid=1, state="opened", source_branch="open-one"),
+    2: _mr(iid=2, state="merged", source_branch="merged-one"),
+    3: _mr(iid=3, state="closed", source_branch="fork-branch", own=False),
+    4: _mr(iid=4, state="locked", source_branch="locked-one"),
+}
+
+
+@pytest.mark.parametrize("ref, label", [
+    ("main", "branch:main"),
+    ("v1.0", "tag:v1.0"),                                   # a live git tag
+    ("refs/merge-requests/1/head", "mr:!1"),                # an open merge request: in use
+    ("refs/merge-requests/4/merge", "mr:!4"),
+    ("refs/merge-requests/2/head", "branch:merged-one"),    # its source branch's work
+    ("refs/merge-requests/2/merge", "branch:merged-one"),
+    ("refs/merge-requests/3/head", "gone:!3"),              # a fork's closed merge request
+    ("refs/merge-requests/99/head", "mr:!99"),              # not described by GitLab: kept
+])
+def test_pipeline_label(ref, label):
+    assert rules.pipeline_label(ref, {"v1.0": SHA_A}, MRS) == label
+
+
+@pytest.mark.parametrize("label, live", [
+    ("branch:main", True),
+    ("branch:gone", False),
+    ("branch:v0.9", True),       # a deleted git tag's pipelines: a release
+    ("tag:v1.0", True),
+    ("mr:!1", True),
+    ("gone:!3", False),
+    ("other:x", False),
+])
+def test_label_is_live(label, live):
+    assert rules.label_is_live(label, {"main"}, {"v0.9"}) is live
+
+
+def test_a_fast_forward_head_pinned_by_gather_survives_the_plan():
+    """The planner keeps what gather pins: a fast-forward merge's head is the target's commit."""
+    facts = Facts(branch="feature/x", shas=frozenset({SHA_A, SHA_B}), default_branch="main",
+                  live_branches={"main": SHA_C},
+                  pinned_shas={SHA_A: "commit was fast-forward merged into 'main' (merge request !5)"})
+    decided = {d.tag: d for d in plan(facts, Policy())}
+    assert not decided[SHA_A].delete and not decided[SHA_A[:8]].delete
+    assert decided[SHA_B].delete and decided["feature-x"].delete

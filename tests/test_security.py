@@ -684,7 +684,8 @@ def stray_gitlab_requests(log, projects: dict[int, set[int]], names: set[str]) -
         # A "." or ".." segment is resolved by servers and proxies: it would leave the endpoint.
         if m and int(m[1]) in projects and not {".", ".."} & set(raw.split("/")):
             if rest in ("", "/repository/branches", "/repository/tags", "/merge_requests",
-                        "/registry/repositories") or re.fullmatch(r"/merge_requests/[0-9]+/commits", rest):
+                        "/registry/repositories", "/pipelines") \
+                    or re.fullmatch(r"/merge_requests/[0-9]+(/commits)?|/pipelines/[0-9]+", rest):
                 ok = method == "GET"
             elif b := re.fullmatch(r"/repository/branches/([^/]+)", rest):
                 ok = method == "GET" and unquote(b[1]) in names and b[1] == quote(unquote(b[1]), safe="")

@@ -203,7 +203,7 @@ def test_a_branch_pushed_again_during_the_sweep_is_kept(gitlab, gitlab_stack, re
         ctx = cleanup.Context(gl, conn, settings, False, gl.project(project.id))
         report = Report(project.id, None, "sweep", False)
         job = sweep.ProjectSweep(ctx, report)
-        job.index = rules.sweep_index(sweep.gather(ctx), settings.policy)  # the plan is made ...
+        assert job.prepare() is None                                             # the plan is made ...
         project.add_branch("feature/lost", LOST_B)                               # ... then it is pushed
         job.store = cleanup.open_store(ctx)
         with ThreadPoolExecutor(2) as job.pool:

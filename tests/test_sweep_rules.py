@@ -151,6 +151,18 @@ def short(sha: str) -> CommitRef:
      "unclear", "ambiguous"),
     (short(GONE_1), CommitFacts(candidates={GONE_1[:8]: frozenset({GONE_1})},
                                 built_on={GONE_1: frozenset({"branch:feature/gone"})}), "delete", "dead branch"),
+    # a short SHA several built commits share: deleted only when every one of them is dead work
+    (short(GONE_1), CommitFacts(candidates={GONE_1[:8]: frozenset({GONE_1, GONE_2})},
+                                built_on={GONE_1: frozenset({"branch:feature/gone"}),
+                                          GONE_2: frozenset({"branch:feature/old"})}),
+     "delete", "short SHA of 2 commits"),
+    (short(GONE_1), CommitFacts(candidates={GONE_1[:8]: frozenset({GONE_1, GONE_2})},
+                                built_on={GONE_1: frozenset({"branch:feature/gone"}),
+                                          GONE_2: frozenset({"branch:main"})}),
+     "keep", "also built on branch:main"),
+    (short(GONE_1), CommitFacts(candidates={GONE_1[:8]: frozenset({GONE_1, MAIN_HEAD})},
+                                built_on={GONE_1: frozenset({"branch:feature/gone"})}),
+     "keep", "live branch 'main'"),
     # a commit a live ref claims stays, whatever else is known
     (full(MAIN_HEAD), CommitFacts(git_refs={MAIN_HEAD: ()}), "keep", "live branch 'main'"),
     (full(OPEN_MR), CommitFacts(built_on={OPEN_MR: frozenset({"branch:feature/gone"})}), "keep", "open merge"),

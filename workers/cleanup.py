@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import audit, history, locks, metrics, rules
+from workers import audit, history, locks, metrics, pipelines, rules
 from workers.gitlab import AuthError as GitLabAuthError
-from workers.gitlab import GitLab, GitLabError, NotFound
+from workers.gitlab import GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.registry import RegistryError
 from workers.report import Report
@@ -166,13 +166,20 @@ def look_again(ctx: Context, request: Request) -> str | None:
     live = gl.branch(ctx.pid, branch)
     if request.trigger == "branch_deleted" and live:
         return f"branch {branch!r} exists again"
+    if request.trigger == "merge" and live and not request.force:
+        # Merged but kept (or pushed to again): a live branch's images are in use. Its deletion
+        # (the Push Hook, or the sweep) cleans it.
+        return f"branch {branch!r} still exists after the merge: it is cleaned when it is deleted"
     if request.trigger == "manual" and live and not request.force:
         return f"branch {branch!r} still exists: its images are in use (use --force to clean it anyway)"
     if live and live.get("protected") and not request.force:
         return f"branch {branch!r} is protected and still exists"
     if branch == ctx.project.get("default_branch"):
         return f"branch {branch!r} is the project's default branch"
-    if request.trigger == "merge":
+    if request.force:
+        return None
+    if request.trigger in ("merge", "branch_deleted", "manual"):
+        # An open merge request keeps its source branch's images in use, even with the branch gone.
         target = request.target_project_id or ctx.pid
         projects = [target] + ([ctx.pid] if ctx.pid != target else [])
         for project in projects:
@@ -183,8 +190,14 @@ def look_again(ctx: Context, request: Request) -> str | None:
 
 
 def gather(ctx: Context, request: Request) -> rules.Facts:
-    """Collect, as plain values, everything the rules need to know."""
+    """Collect, as plain values, everything the rules need to know: GitLab's record as of now.
+
+    Which commits the branch built, and which other refs built them, come from GitLab's
+    pipelines (`pipelines.Record`, brought up to date first), not from the Pipeline Hooks that
+    happened to arrive; those only add candidates and protection, never take any away."""
     gl, pid, branch = ctx.gitlab, ctx.pid, request.branch
+    record = pipelines.Record(ctx.conn, pid)
+    record.sync(gl)
     live_branches = {b["name"]: (b.get("commit") or {}).get("id", "") for b in gl.branches(pid)}
     live_branches.pop(branch, None)
     live_tags = {t["name"]: (t.get("commit") or {}).get("id") or t.get("target", "") for t in gl.git_tags(pid)}
@@ -202,18 +215,76 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
         if head:
             pinned.setdefault(head, f"commit is the head of the target branch {request.target_branch!r}")
 
-    shas = {s for s in request.shas if rules.is_sha(s)}
+    # The merge requests GitLab knows: the branch's own (every state) and every open one.
+    mrs: dict[int, rules.MergeRequest] = {}
+    for item in gl.merge_requests(pid, state="all", source_branch=branch):
+        mr = rules.MergeRequest.from_api(item, pid)
+        mrs.setdefault(mr.iid, mr)
+    own_iids = sorted(mr.iid for mr in mrs.values() if mr.own and mr.source_branch == branch)
+    open_sources: set[str] = set()
+    for item in gl.merge_requests(pid, state="opened"):
+        mr = rules.MergeRequest.from_api(item, pid)
+        mrs[mr.iid] = mr
+        if mr.own and mr.source_branch != branch:
+            open_sources.add(mr.source_branch)
+        if mr.sha:
+            pinned.setdefault(mr.sha, f"commit is the head of open merge request !{mr.iid}")
+    merged = list(mrs.values())
+    if request.mr_iid is not None and target_pid != pid:  # a fork's merge request lives in the target
+        try:
+            merged.append(rules.MergeRequest.from_api(gl.get(
+                f"/projects/{encode(target_pid)}/merge_requests/{int(request.mr_iid)}"), pid))
+        except NotFound:
+            pass
+    for mr in merged:
+        head = rules.fast_forward_head(mr)
+        if head and mr.own and mr.source_branch == branch and target_pid == pid \
+                and mr.target_branch in live_branches:
+            pinned.setdefault(head, f"commit was fast-forward merged into {mr.target_branch!r} "
+                                    f"(merge request !{mr.iid}): it is that branch's commit now")
+
+    # The branch's commits: what GitLab ran its pipelines and its merge requests' pipelines on,
+    # its merge requests' commits, and what the delivery and the Pipeline Hooks named.
+    own_refs = [branch] + [f"refs/merge-requests/{iid}/{kind}" for iid in own_iids
+                           for kind in ("head", "merge", "train")]
+    shas = set(record.shas_of(own_refs))
+    shas.update(s for s in request.shas if rules.is_sha(s))
     shas.update(history.branch_shas(ctx.conn, project_id=pid, branch=branch))
-    mr_shas = merge_request_shas(ctx, request, target_pid)
+    mr_shas = merge_request_shas(ctx, request, target_pid, own_iids)
     shas.update(mr_shas)
-    for sha, why in contained_elsewhere(ctx, branch, sorted(shas - mr_shas)).items():
+    for sha, why in contained_elsewhere(ctx, branch, sorted(shas - mr_shas - set(pinned))).items():
         pinned.setdefault(sha, why)
+
     # Commits sharing a short SHA with one of ours: their `:short_sha` tag is the same name.
-    clashes = history.clashing_shas(ctx.conn, project_id=pid, shas=shas)
-    other_refs = history.refs_of(ctx.conn, project_id=pid, shas=sorted(shas | clashes))
+    prefixes = record.with_prefix(s[:8] for s in shas)
+    clashes = {c for found in prefixes.values() for c in found} - shas
+    clashes |= history.clashing_shas(ctx.conn, project_id=pid, shas=shas)
+    asked = sorted(shas | clashes)
+    built = record.refs_of(asked)
+    unknown = {rules.merge_request_of_ref(r) for refs in built.values() for r in refs} - {None} - set(mrs)
+    if unknown:
+        for item in gl.merge_requests_by_iid(pid, sorted(unknown)):
+            mr = rules.MergeRequest.from_api(item, pid)
+            mrs.setdefault(mr.iid, mr)
+    labels = {sha: {rules.pipeline_label(r, live_tags, mrs) for r in refs} for sha, refs in built.items()}
+    for sha, refs in history.refs_of(ctx.conn, project_id=pid, shas=asked).items():
+        labels.setdefault(sha, set()).update(refs)
+    own = f"branch:{branch}"
+    alive = set(live_branches) | open_sources
+    maybe_tags = {label.split(":", 1)[1] for found in labels.values() for label in found
+                  if label.startswith("branch:") and label != own} - alive
+    maybe_tags -= {mr.source_branch for mr in mrs.values() if mr.own}  # known to be branches
+    tag_refs = record.tag_refs(gl, maybe_tags) if maybe_tags else set()
+    other_refs = {}
+    for sha, found in labels.items():
+        live = frozenset(l for l in found if l != own and rules.label_is_live(l, alive, tag_refs))
+        if live:
+            other_refs[sha] = live
     return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
                        live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
-                       other_refs=other_refs)
+                       other_refs=other_refs,
+                       open_sources={name: f"tag of the source branch {name!r} of an open merge request"
+                                     for name in sorted(open_sources - set(live_branches))})
 
 
 def contained_elsewhere(ctx: Context, branch: str, shas: list[str]) -> dict[str, str]:
@@ -237,18 +308,13 @@ def contained_elsewhere(ctx: Context, branch: str, shas: list[str]) -> dict[str,
     return pinned
 
 
-def merge_request_shas(ctx: Context, request: Request, target_pid: int | str) -> set[str]:
+def merge_request_shas(ctx: Context, request: Request, target_pid: int | str, own_iids: list[int]) -> set[str]:
     """Commits of the branch's merge requests: the merged one, or every one it was the source of."""
     gl = ctx.gitlab
     if request.mr_iid is not None:
         mrs = [(target_pid, request.mr_iid)]
     else:
-        mrs = []
-        for mr in gl.merge_requests(ctx.pid, state="all", source_branch=request.branch):
-            if mr.get("source_project_id", ctx.pid) == ctx.pid:
-                mrs.append((ctx.pid, mr["iid"]))
-            if len(mrs) >= MAX_MERGE_REQUESTS:
-                break
+        mrs = [(ctx.pid, iid) for iid in sorted(own_iids, reverse=True)[:MAX_MERGE_REQUESTS]]
     shas: set[str] = set()
     for project, iid in mrs:
         try:

@@ -98,6 +98,18 @@ class GitLab(Client):
             raise forbidden(f"GET {path}", response)
         return _json(response, path)
 
+    def page(self, path: str, params: dict | None = None) -> list:
+        """One page of a list endpoint, as asked (`page`, `per_page` and filters in `params`)."""
+        response = self.request("GET", path, params=params)
+        if response.status_code == 404:
+            raise NotFound(f"GET {path}: {_message(response)}", 404)
+        if response.status_code == 403:
+            raise forbidden(f"GET {path}", response)
+        items = _json(response, path)
+        if not isinstance(items, list):
+            raise BadResponse(f"GET {path}: expected a list")
+        return items
+
     def paginate(self, path: str, params: dict | None = None, per_page: int = 100) -> Iterator[dict]:
         """Yield every item of a list endpoint, page by page (X-Next-Page), never all at once."""
         query = dict(params or {}, per_page=per_page, page=1)
@@ -138,6 +150,21 @@ class GitLab(Client):
 
     def merge_request_commits(self, project: int | str, iid: int) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/merge_requests/{int(iid)}/commits")
+
+    def pipelines_page(self, project: int | str, params: dict) -> list[dict]:
+        """One page of `GET /projects/:id/pipelines` with GitLab's filters (`updated_after`, `order_by`, ...)."""
+        return self.page(f"/projects/{encode(project)}/pipelines", params)
+
+    def pipeline(self, project: int | str, pipeline_id: int) -> dict:
+        """One pipeline, with the fields the list leaves out (`tag`, `before_sha`)."""
+        return self.get(f"/projects/{encode(project)}/pipelines/{int(pipeline_id)}")
+
+    def merge_requests_by_iid(self, project: int | str, iids: list[int]) -> Iterator[dict]:
+        """The merge requests with these iids (`iids[]`), up to 100 per request."""
+        iids = sorted({int(i) for i in iids})
+        for start in range(0, len(iids), 100):
+            yield from self.paginate(f"/projects/{encode(project)}/merge_requests",
+                                     {"state": "all", "iids[]": iids[start:start + 100]})
 
     def commit_refs(self, project: int | str, sha: str, limit: int = 100) -> list[tuple[str, str]] | None:
         """The branches and tags that contain a commit, as (type, name); None when GitLab knows no

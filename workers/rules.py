@@ -103,6 +103,93 @@ def commit_tags(sha: str, templates: Iterable[str]) -> set[str]:
     return {name for name in (t.format_map(values) for t in templates) if is_docker_tag(name)}
 
 
+# --- GitLab's record: pipeline refs and merge methods ---------------------------------------------
+
+MR_REF_RE = re.compile(r"refs/merge-requests/(\d+)/(head|merge|train)")
+
+
+def merge_request_of_ref(ref: str) -> int | None:
+    """The merge request iid of a merge-request pipeline's ref (`refs/merge-requests/12/head`)."""
+    m = MR_REF_RE.fullmatch(ref)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """What GitLab's merge request API says about one merge request, as plain values.
+
+    own: its source branch is in this project (not a fork's)."""
+
+    iid: int
+    state: str
+    source_branch: str
+    target_branch: str
+    own: bool = True
+    sha: str | None = None
+    merge_commit_sha: str | None = None
+    squash_commit_sha: str | None = None
+    squash: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.state in ("opened", "locked")
+
+    @classmethod
+    def from_api(cls, mr: Mapping, project_id: int) -> "MergeRequest":
+        def sha(value: object) -> str | None:
+            return value if is_sha(value) else None
+
+        return cls(iid=int(mr.get("iid") or 0), state=str(mr.get("state") or ""),
+                   source_branch=str(mr.get("source_branch") or ""),
+                   target_branch=str(mr.get("target_branch") or ""),
+                   own=mr.get("source_project_id", project_id) == project_id, sha=sha(mr.get("sha")),
+                   merge_commit_sha=sha(mr.get("merge_commit_sha")),
+                   squash_commit_sha=sha(mr.get("squash_commit_sha")), squash=mr.get("squash") is True)
+
+
+def fast_forward_head(mr: MergeRequest) -> str | None:
+    """The commit a merged merge request made its target's own: its head, when GitLab recorded
+    neither a merge commit nor a squash commit (a fast-forward merge). Merge commits and squash
+    commits are new commits of the target; the merge request's own commits then stay its branch's.
+    A squash with neither SHA recorded cannot be told from a fast-forward, and is taken as one:
+    keeping the head's tags is the safe side."""
+    if mr.state != "merged" or mr.merge_commit_sha or mr.squash_commit_sha:
+        return None
+    return mr.sha
+
+
+def pipeline_label(ref: str, live_tags: Mapping[str, str], merge_requests: Mapping[int, MergeRequest]) -> str:
+    """What a pipeline's ref stands for, as a label the rules compare:
+
+    - `branch:NAME` for a branch's pipelines, and for the pipelines of a closed or merged
+      merge request of this project, which were its source branch's work;
+    - `tag:NAME` for a git tag that exists;
+    - `mr:!IID` for an open merge request's pipelines, or one GitLab did not describe: in use;
+    - `gone:!IID` for a fork's merge request that is closed or merged: its branch is not here.
+    """
+    iid = merge_request_of_ref(ref)
+    if iid is None:
+        return f"tag:{ref}" if ref in live_tags else f"branch:{ref}"
+    mr = merge_requests.get(iid)
+    if mr is None or mr.open:
+        return f"mr:!{iid}"
+    if mr.own and mr.source_branch:
+        return f"branch:{mr.source_branch}"
+    return f"gone:!{iid}"
+
+
+def label_is_live(label: str, live_branches: Iterable[str], tag_refs: Iterable[str] = ()) -> bool:
+    """Whether a pipeline label names something alive: a live branch (or the source branch of an
+    open merge request), a git tag (a deleted git tag's pipelines too, `tag_refs`: releases are
+    kept), or an open merge request."""
+    kind, _, name = label.partition(":")
+    if kind in ("tag", "mr"):
+        return True
+    if kind == "branch":
+        return name in live_branches or name in tag_refs
+    return False
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do with one tag name, and why."""
@@ -120,7 +207,8 @@ class Facts:
     live_branches: every branch that exists now (name -> head SHA), the cleaned one excluded.
     live_tags: git tags (name -> SHA).
     pinned_shas: SHAs that must keep their tags, with the reason (head of the target branch, ...).
-    other_refs: for SHAs of the branch, the other refs a pipeline built them on.
+    other_refs: for SHAs of the branch, the other live refs a pipeline built them on.
+    open_sources: deleted source branches of open merge requests -> why: their images are in use.
     """
 
     branch: str
@@ -130,6 +218,7 @@ class Facts:
     live_tags: Mapping[str, str] = field(default_factory=dict)
     pinned_shas: Mapping[str, str] = field(default_factory=dict)
     other_refs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    open_sources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -166,6 +255,9 @@ def live_owners(facts: Facts, policy: Policy) -> dict[str, str]:
               f"tag of the default branch {facts.default_branch!r}")
     for sha, why in facts.pinned_shas.items():
         claim(commit_tags(sha, policy.commit_templates), why)
+    for name, why in facts.open_sources.items():
+        if name != facts.branch:
+            claim(branch_tags(name, policy.branch_templates), why)
     for name, sha in facts.live_branches.items():
         if name == facts.branch:
             continue
@@ -242,11 +334,12 @@ class SweepIndex:
 
     owners: Mapping[str, str]                  # tag -> why a live ref claims it
     dead_tags: Mapping[str, tuple[str, str]]   # tag -> (dead branch, how the service knows it)
-    live_refs: frozenset[str]                  # pipeline-memory labels of live branches ("branch:main")
+    live_refs: frozenset[str]                  # labels of live branches ("branch:main")
 
     def is_live_ref(self, label: str) -> bool:
-        # A tag pipeline's commit counts as live even if the git tag is gone: releases are kept.
-        return label.startswith("tag:") or label in self.live_refs
+        # A tag pipeline's commit counts as live even if the git tag is gone: releases are kept;
+        # an open merge request's pipelines are its source branch's, in use (pipeline_label).
+        return label in self.live_refs or label_is_live(label, ())
 
 
 @dataclass(frozen=True)
@@ -379,19 +472,33 @@ def sweep_tag(name: str, index: SweepIndex, policy: Policy) -> SweepVerdict | Co
 
 
 def sweep_commit(ref: CommitRef, facts: CommitFacts, index: SweepIndex, policy: Policy) -> SweepVerdict:
-    """Decide a SHA tag: delete it only if its one commit is provably a dead branch's."""
+    """Decide a SHA tag: delete it only if its commit is provably a dead branch's.
+
+    A short SHA that several commits share is deleted only when every one of them would be:
+    CI gives short SHA tags only to built commits, and the candidates are every commit GitLab's
+    pipelines built with that prefix, so then no live ref's image can carry the name."""
     tag = ref.tag
-    if ref.short:
-        candidates = sorted(facts.candidates.get(ref.value, frozenset()))
-        if not candidates:
-            return SweepVerdict(tag, "unclear", "short SHA resolves to no single commit in the repository",
-                                "commit")
-        if len(candidates) > 1:
-            shown = ", ".join(c[:12] for c in candidates[:3])
-            return SweepVerdict(tag, "unclear", f"short SHA is ambiguous: {shown}", "commit")
-        sha = candidates[0]
-    else:
-        sha = ref.value
+    if not ref.short:
+        return _sweep_sha(tag, ref.value, facts, index, policy)
+    candidates = sorted(facts.candidates.get(ref.value, frozenset()))
+    if not candidates:
+        return SweepVerdict(tag, "unclear", "short SHA resolves to no single commit in the repository", "commit")
+    if len(candidates) == 1:
+        return _sweep_sha(tag, candidates[0], facts, index, policy)
+    verdicts = [_sweep_sha(tag, sha, facts, index, policy) for sha in candidates]
+    kept = [v for v in verdicts if v.action == "keep"]
+    if kept:
+        return kept[0]
+    shown = ", ".join(c[:12] for c in candidates[:3])
+    if all(v.action == "delete" for v in verdicts):
+        branches = tuple(sorted({b for v in verdicts for b in v.branches}))
+        return SweepVerdict(tag, "delete", f"short SHA of {len(candidates)} commits ({shown}), each built only "
+                                           "on dead refs", "commit", branches)
+    return SweepVerdict(tag, "unclear", f"short SHA is ambiguous: {shown}", "commit")
+
+
+def _sweep_sha(tag: str, sha: str, facts: CommitFacts, index: SweepIndex, policy: Policy) -> SweepVerdict:
+    """sweep_commit() for one full SHA."""
     for name in sorted(commit_tags(sha, policy.commit_templates)):
         if name in index.owners:
             return SweepVerdict(tag, "keep", index.owners[name], "commit")
@@ -400,8 +507,8 @@ def sweep_commit(ref: CommitRef, facts: CommitFacts, index: SweepIndex, policy: 
         live = sorted(r for r in built if index.is_live_ref(r))
         if live:
             return SweepVerdict(tag, "keep", f"commit was also built on {', '.join(live[:3])}", "commit")
-        dead = tuple(sorted(r.split(":", 1)[1] for r in built))
-        names = ", ".join(repr(b) for b in dead[:3])
+        dead = tuple(sorted(r.split(":", 1)[1] for r in built if r.startswith("branch:")))
+        names = ", ".join(repr(b) for b in dead[:3]) or "closed merge requests of forks"
         return SweepVerdict(tag, "delete", f"commit was built only on dead branch(es) {names}", "commit", dead)
     if sha not in facts.git_refs or facts.git_refs[sha] is None:
         return SweepVerdict(tag, "unclear", "commit unknown to GitLab and to pipeline memory", "commit")

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from workers import audit, cleanup, history, rules
+from workers import audit, cleanup, history, pipelines, rules
 from workers.gitlab import AuthError, BadResponse, GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.report import Report
@@ -123,8 +123,11 @@ def remembered_branches(conn: redis.Redis, project_id: int) -> Iterator[str]:
         yield name[len(prefix):]
 
 
-def gather(ctx: cleanup.Context) -> rules.SweepFacts:
-    """The project's refs and what the service knows about branches that existed."""
+def gather(ctx: cleanup.Context, record: pipelines.Record) -> tuple[rules.SweepFacts, dict[int, rules.MergeRequest]]:
+    """The project's refs, its merge requests, and every branch GitLab's record says existed.
+
+    Dead branches come from every ref that ever ran a pipeline (`record`, synced from GitLab's
+    pipelines API), from merge requests, and from Pipeline Hooks remembered."""
     gl, pid = ctx.gitlab, ctx.pid
     live_branches = {b["name"]: (b.get("commit") or {}).get("id", "") for b in gl.branches(pid)}
     live_tags = {t["name"]: (t.get("commit") or {}).get("id") or t.get("target", "") for t in gl.git_tags(pid)}
@@ -132,18 +135,24 @@ def gather(ctx: cleanup.Context) -> rules.SweepFacts:
     open_sources: dict[str, str] = {}
     pinned: dict[str, str] = {}
     expand: list[int] = []
-    for mr in gl.merge_requests(pid, state="all"):  # newest first
-        iid, state, source = mr.get("iid"), mr.get("state"), mr.get("source_branch")
-        own = mr.get("source_project_id", pid) == pid
-        if state in ("opened", "locked"):
-            if rules.is_sha(mr.get("sha")):
-                pinned.setdefault(mr["sha"], f"commit of open merge request !{iid}")
-            if own and source:
+    mrs: dict[int, rules.MergeRequest] = {}
+    for item in gl.merge_requests(pid, state="all"):  # newest first
+        mr = rules.MergeRequest.from_api(item, pid)
+        mrs.setdefault(mr.iid, mr)
+        iid, source = mr.iid, mr.source_branch
+        if mr.open:
+            if mr.sha:
+                pinned.setdefault(mr.sha, f"commit of open merge request !{iid}")
+            if mr.own and source:
                 open_sources.setdefault(source, f"source branch of open merge request !{iid}")
-            if (not own or source not in live_branches) and isinstance(iid, int):
+            if not mr.own or source not in live_branches:
                 expand.append(iid)  # its commits are on no branch here, yet in use
-        elif own and source and state in ("merged", "closed"):
-            known.setdefault(source, f"merge request !{iid} ({state})")
+        elif mr.own and source and mr.state in ("merged", "closed"):
+            known.setdefault(source, f"merge request !{iid} ({mr.state})")
+        head = rules.fast_forward_head(mr)
+        if head and mr.own and mr.target_branch in live_branches:
+            pinned.setdefault(head, f"commit was fast-forward merged into {mr.target_branch!r} "
+                                    f"(merge request !{iid}): it is that branch's commit now")
     for iid in expand:
         try:
             for c in gl.merge_request_commits(pid, iid):
@@ -151,11 +160,15 @@ def gather(ctx: cleanup.Context) -> rules.SweepFacts:
                     pinned.setdefault(c["id"], f"commit of open merge request !{iid}")
         except NotFound:
             pass
+    for ref in record.refs():
+        if rules.merge_request_of_ref(ref) is None and ref not in live_tags:
+            known.setdefault(ref, "GitLab's pipelines")
     for name in remembered_branches(ctx.conn, pid):
         known.setdefault(name, "pipeline memory")
-    return rules.SweepFacts(default_branch=ctx.project.get("default_branch") or None, live_branches=live_branches,
-                            live_tags=live_tags, known_branches=known, open_sources=open_sources,
-                            pinned_shas=pinned)
+    facts = rules.SweepFacts(default_branch=ctx.project.get("default_branch") or None,
+                             live_branches=live_branches, live_tags=live_tags, known_branches=known,
+                             open_sources=open_sources, pinned_shas=pinned)
+    return facts, mrs
 
 
 def implausible(facts: rules.SweepFacts) -> str | None:
@@ -187,15 +200,17 @@ class ProjectSweep:
         self._candidates = _Lru()  # short SHA -> frozenset of full SHAs
         self._built = _Lru()       # full SHA -> refs from pipeline memory
         self._refs = _Lru()        # full SHA -> refs GitLab lists (None: unknown commit)
+        self.record = pipelines.Record(ctx.conn, ctx.pid)
+        self.facts: rules.SweepFacts | None = None
+        self.mrs: dict[int, rules.MergeRequest] = {}
+        self.pipelines_read = 0
 
     def run(self) -> dict:
         ctx, report = self.ctx, self.report
-        facts = gather(ctx)
-        reason = implausible(facts)
+        reason = self.prepare()
         if reason:
             report.skip(reason)
             return self.result()
-        self.index = rules.sweep_index(facts, self.policy)
         self.known_dead = len({b for b, _ in self.index.dead_tags.values()})
         repositories = list(self.gl.registry_repositories(ctx.pid))
         report.repositories = [_path(r) for r in repositories]
@@ -220,10 +235,20 @@ class ProjectSweep:
                 f"{first['reason']}; the sweep is retried and deletes what is left", result)
         return result
 
+    def prepare(self) -> str | None:
+        """Bring GitLab's pipelines record up to date and plan from GitLab's refs; return why
+        nothing can be decided, or None."""
+        self.pipelines_read = self.record.sync(self.gl)
+        self.facts, self.mrs = gather(self.ctx, self.record)
+        reason = implausible(self.facts)
+        if reason is None:
+            self.index = rules.sweep_index(self.facts, self.policy)
+        return reason
+
     def result(self) -> dict:
         out = self.report.as_dict()
         out.update(scanned=self.scanned, kept_by_rule=self.kept_by_rule, unclear=self.unclear,
-                   known_dead_branches=self.known_dead)
+                   known_dead_branches=self.known_dead, pipelines_read=self.pipelines_read)
         return out
 
     # -- listing --------------------------------------------------------------------------------
@@ -297,12 +322,13 @@ class ProjectSweep:
         return self.apply(repo, verdicts)
 
     def commit_facts(self, refs: list[rules.CommitRef]) -> rules.CommitFacts:
-        """Look up the commits of one page's SHA tags: GitLab for short SHAs, pipeline memory,
-        then GitLab's refs for the commits memory knows nothing of."""
+        """Look up the commits of one page's SHA tags: the full SHAs short ones stand for, the refs
+        GitLab's pipelines (and pipeline memory) say built each, then GitLab's refs for the commits
+        no pipeline ran on."""
         shorts = sorted({r.value for r in refs if r.short})
         candidates = self._cached(self._candidates, shorts, self._resolve_short)
         shas = {r.value for r in refs if not r.short}
-        shas.update(next(iter(c)) for c in candidates.values() if len(c) == 1)
+        shas.update(sha for c in candidates.values() for sha in c)
         built = self._cached(self._built, sorted(shas), None)
         ask = sorted(s for s in shas if not built[s])
         git_refs = self._cached(self._refs, ask, self._commit_refs)
@@ -312,9 +338,8 @@ class ProjectSweep:
         found = {k: cache.get(k) for k in keys if k in cache}
         missing = [k for k in keys if k not in found]
         if missing:
-            if lookup is None:  # pipeline memory: one round trip for the lot
-                remembered = history.refs_of(self.ctx.conn, project_id=self.ctx.pid, shas=missing)
-                values = [remembered.get(k, frozenset()) for k in missing]
+            if lookup is None:  # GitLab's pipelines record and pipeline memory: two round trips
+                values = self._built_on(missing)
             else:
                 values = list(self.pool.map(lookup, missing))
             for key, value in zip(missing, values):
@@ -322,9 +347,27 @@ class ProjectSweep:
                 found[key] = value
         return found
 
+    def _built_on(self, shas: list[str]) -> list[frozenset[str]]:
+        """The labels of the refs that built each commit (rules.pipeline_label)."""
+        built = self.record.refs_of(shas)
+        remembered = history.refs_of(self.ctx.conn, project_id=self.ctx.pid, shas=shas)
+        live_tags = self.facts.live_tags if self.facts else {}
+        out = []
+        for sha in shas:
+            labels = {rules.pipeline_label(r, live_tags, self.mrs) for r in built.get(sha, ())}
+            out.append(frozenset(labels | set(remembered.get(sha, ()))))
+        return out
+
     def _resolve_short(self, short: str) -> frozenset[str]:
-        """The commits a short SHA may stand for: GitLab's resolution (404 when git finds none, or
-        more than one) plus remembered commits sharing the prefix."""
+        """Every full SHA a short one may stand for. CI gives a short SHA tag only to a commit a
+        pipeline built, so GitLab's pipelines (and pipeline memory) are asked first; a commit
+        they do not know is resolved by GitLab's commits API (404 when git finds none, or more
+        than one)."""
+        built = set(self.record.with_prefix([short]).get(short, ()))
+        built |= history.clashing_shas(self.ctx.conn, project_id=self.ctx.pid, shas={short})
+        built = {s for s in built if s.startswith(short)}
+        if built:
+            return frozenset(built)
         try:
             commit = self.gl.get(f"/projects/{self.ctx.pid}/repository/commits/{encode(short)}")
         except NotFound:
@@ -332,8 +375,7 @@ class ProjectSweep:
         full = commit.get("id") if isinstance(commit, dict) else None
         if not rules.is_sha(full) or not full.startswith(short):
             return frozenset()
-        others = history.clashing_shas(self.ctx.conn, project_id=self.ctx.pid, shas={full})
-        return frozenset({full, *others})
+        return frozenset({full})
 
     def _commit_refs(self, sha: str) -> tuple[str, ...] | None:
         refs = self.gl.commit_refs(self.ctx.pid, sha, limit=REFS_ASKED)
@@ -357,11 +399,17 @@ class ProjectSweep:
         names = sorted({b for v in doomed for b in v.branches})
         back = {b for b, live in zip(names, self.pool.map(lambda b: self.gl.branch(self.ctx.pid, b), names))
                 if live}
+        # A ref no merge request names as its branch may have been a git tag: its images are a release's.
+        sources = {mr.source_branch for mr in self.mrs.values() if mr.own}
+        tags = self.record.tag_refs(self.gl, [b for b in names if b not in back and b not in sources])
         go: list[rules.Decision] = []
         for v in doomed:
             again = [b for b in v.branches if b in back]
+            released = [b for b in v.branches if b in tags]
             if again:
                 self.report.add("kept", v.tag, f"branch {again[0]!r} exists again", path)
+            elif released:
+                self.report.add("kept", v.tag, f"built by git tag {released[0]!r}'s pipeline (a release)", path)
             else:
                 go.append(v.decision())
         before = self.report.count("deleted") + self.report.count("absent")

@@ -27,7 +27,7 @@ def seed(emu: GitLabEmulator) -> list[str]:
     project.branches["main"] = MERGE
     project.branches["feature/other"] = "2" * 40
     project.tags["v1.2.0"] = "3" * 40
-    project.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST])
+    project.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST], merge_commit_sha=MERGE)
     repos = []
     for name in ("", "worker"):
         project.add_registry_repository(name)

@@ -11,8 +11,18 @@ auth by `PRIVATE-TOKEN` or `Authorization: Bearer`, `:id` as number or URL-encod
 path, offset pagination headers and `Link`, error bodies `{"message": "404 ... Not Found"}`,
 and `/jwt/auth` issuing registry tokens.
 
+The state model (tests/support/emulator_state.py, re-exported here) has a light commit graph
+(per-branch histories, `Project.push`, commits kept around after their branch is deleted),
+merge requests with GitLab's merge methods (`Project.merge(iid, "merge"|"ff"|"squash"|"squash_ff")`)
+and pipelines (`Project.add_pipeline`), served as `GET /projects/:id/pipelines` (GitLab's
+PipelinesFinder filters and ordering), `GET /projects/:id/pipelines/:pipeline_id` and
+`GET /projects/:id/merge_requests/:iid/pipelines` (Ci::PipelinesForMergeRequestFinder).
+
 Test controls: `requests`/`count()`/`reset_requests()` (log of served requests),
 `inject_fault()`/`clear_faults()` (500s, 429 + Retry-After, hangs, dropped connections), `reset()`.
+`include_reserved_refs_in_ref_filter` (default False) turns on GitLab 18's feature flag of that
+name: `?ref=<branch>` then also matches refs/merge-requests/<iid>/{head,merge,train} of merge
+requests from that branch (unless `source` excludes merge_request_event).
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ import re
 import secrets
 import socket
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote, unquote, urlencode
 
@@ -35,18 +44,13 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.support import faults
+from tests.support.emulator_state import (  # noqa: F401  (re-exported: the seeding API lives there)
+    BLANK_SHA, CI_BRANCH_SOURCES, FINISHED_STATUSES, MERGE_METHODS, MR_REF, PIPELINE_SOURCES,
+    PIPELINE_STATUSES, ZERO_TIME, Group, MergeRequest, Pipeline, Project, RegistryRepository, _now,
+    _now_iso, iso, parse_time, random_sha,
+)
 from tests.support.faults import Fault
 from tests.support.registry import RegistryClient, RegistryServer
-
-ZERO_TIME = "2024-01-01T00:00:00.000Z"
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def random_sha() -> str:
-    return secrets.token_hex(20)
 
 
 def _status_line(status: int) -> str:
@@ -67,145 +71,6 @@ class ApiError(Exception):
 
 def _not_found(what: str) -> ApiError:
     return ApiError(404, f"404 {what} Not Found")
-
-
-# ---------------------------------------------------------------------------------
-# State model
-# ---------------------------------------------------------------------------------
-
-@dataclass
-class MergeRequest:
-    id: int
-    iid: int
-    project_id: int  # the TARGET project: MRs live there, as in GitLab
-    source_branch: str
-    target_branch: str
-    source_project_id: int
-    state: str = "opened"
-    # Oldest first, as given; the API lists them newest first like GitLab.
-    commits: list[dict] = field(default_factory=list)
-    title: str = ""
-    merge_commit_sha: str | None = None
-
-    @property
-    def target_project_id(self) -> int:
-        return self.project_id
-
-    @property
-    def sha(self) -> str | None:
-        return self.commits[-1]["id"] if self.commits else None
-
-
-@dataclass
-class RegistryRepository:
-    id: int
-    name: str
-    path: str
-    project_id: int
-    created_at: str = field(default_factory=_now_iso)
-
-
-@dataclass
-class Project:
-    id: int
-    path: str  # path_with_namespace, e.g. "acme/shop"
-    default_branch: str = "main"
-    branches: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    merge_requests: dict[int, MergeRequest] = field(default_factory=dict)
-    registry_repositories: list[RegistryRepository] = field(default_factory=list)
-    protected_tag_patterns: list[str] = field(default_factory=list)
-    protected_branches: list[str] = field(default_factory=list)
-    hooks: list[dict] = field(default_factory=list)
-    # Commits seeded with add_commit: sha -> the branches whose history contains it.
-    commits: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _emu: "GitLabEmulator | None" = field(default=None, repr=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def namespace_path(self) -> str:
-        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
-
-    def add_branch(self, name: str, sha: str | None = None) -> str:
-        with self._emu.lock:
-            self.branches[name] = sha or random_sha()
-            return self.branches[name]
-
-    def delete_branch(self, name: str) -> None:
-        with self._emu.lock:
-            self.branches.pop(name, None)
-
-    def add_tag(self, name: str, sha: str | None = None) -> str:
-        with self._emu.lock:
-            self.tags[name] = sha or random_sha()
-            return self.tags[name]
-
-    def add_commit(self, sha: str | None = None, on: tuple[str, ...] | list[str] = ()) -> str:
-        """A commit in the history of the branches `on` (see GitLabEmulator.commit_refs). It stays
-        known after those branches are deleted, as GitLab's keep-around refs keep built commits."""
-        with self._emu.lock:
-            sha = sha or random_sha()
-            self.commits[sha] = tuple(on)
-            return sha
-
-    def add_merge_request(self, iid: int, source_branch: str, target_branch: str = "main",
-                          state: str = "opened", commits: list[str | dict] | None = None,
-                          source_project_id: int | None = None, title: str = "",
-                          merge_commit_sha: str | None = None) -> MergeRequest:
-        """`commits`: shas (or {id, title} dicts), oldest first; [] is an MR without commits
-        (nothing to merge: GitLab lists none). Without `commits` (None) the MR gets the source
-        branch's head (when that branch exists here) or one random commit."""
-        if state not in ("opened", "closed", "merged", "locked"):
-            raise ValueError(f"bad merge request state {state!r}")
-        with self._emu.lock:
-            src_id = self.id if source_project_id is None else source_project_id
-            if commits is None:
-                src = self._emu.projects.get(src_id)
-                head = src.branches.get(source_branch) if src else None
-                commits = [head or random_sha()]
-            norm = []
-            for i, c in enumerate(commits):
-                c = {"id": c} if isinstance(c, str) else dict(c)
-                c.setdefault("title", f"Commit {i + 1} on {source_branch}")
-                c["short_id"] = c["id"][:8]
-                norm.append(c)
-            mr = MergeRequest(
-                id=self._emu._next_id("mr"), iid=iid, project_id=self.id, source_branch=source_branch,
-                target_branch=target_branch, source_project_id=src_id, state=state, commits=norm,
-                title=title or f"Merge {source_branch} into {target_branch}",
-                merge_commit_sha=merge_commit_sha,
-            )
-            self.merge_requests[iid] = mr
-            return mr
-
-    def add_registry_repository(self, name: str = "") -> int:
-        with self._emu.lock:
-            repo = RegistryRepository(
-                id=self._emu._next_id("registry_repository"), name=name,
-                path=self.path if name == "" else f"{self.path}/{name}", project_id=self.id,
-            )
-            self.registry_repositories.append(repo)
-            return repo.id
-
-    def registry_repository(self, rid: int) -> RegistryRepository:
-        for repo in self.registry_repositories:
-            if repo.id == rid:
-                return repo
-        raise KeyError(rid)
-
-
-@dataclass
-class Group:
-    id: int
-    path: str
-    hooks: list[dict] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
 
 
 # Hook fields GitLab accepts; booleans with their defaults.
@@ -245,6 +110,7 @@ class GitLabEmulator:
         self.projects: dict[int, Project] = {}
         self.groups: dict[int, Group] = {}
         self._faults: list[Fault] = []
+        self._fault_queries: dict[int, re.Pattern] = {}  # id(fault) -> its query_regex
         self._requests: list[tuple[str, str, int]] = []
         self._ids: dict[str, int] = {}
         self._server = None
@@ -252,6 +118,11 @@ class GitLabEmulator:
         self._stopping = threading.Event()
         self._client: RegistryClient | None = None
         self._client_for: RegistryServer | None = None
+        # The database clock of pipelines' updated_at: never goes backwards, 1 ms steps.
+        self._clock: dt.datetime | None = None
+        # (source project id, source branch) -> merge requests whose commits come from that branch.
+        self._derived_mrs: dict[tuple[int, str], list[MergeRequest]] = {}
+        self.include_reserved_refs_in_ref_filter = False
         self._routes = self._build_routes()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -301,6 +172,16 @@ class GitLabEmulator:
             self._ids[kind] = self._ids.get(kind, 0) + 1
             return self._ids[kind]
 
+    def _tick(self, at: dt.datetime | None = None) -> dt.datetime:
+        """The next time of the pipelines' clock: `at` (default now), but at least 1 ms after the
+        last one handed out."""
+        with self.lock:
+            t = parse_time(at) if at is not None else _now()
+            if self._clock is not None and t <= self._clock:
+                t = self._clock + dt.timedelta(milliseconds=1)
+            self._clock = t
+            return t
+
     def add_project(self, id: int, path: str, default_branch: str = "main") -> Project:
         with self.lock:
             if id in self.projects:
@@ -323,11 +204,16 @@ class GitLabEmulator:
                           key=lambda p: p.id)
 
     def reset(self) -> None:
-        """Forget projects, groups, faults and the request log (ids keep counting up)."""
+        """Forget projects, groups, faults and the request log. Ids keep counting up; the
+        pipelines' clock starts afresh (no pipeline is left that it could go back behind), so
+        each test can seed past pipelines in order."""
         with self.lock:
             self.projects.clear()
+            self._derived_mrs.clear()
+            self._clock = None
             self.groups.clear()
             self._faults.clear()
+            self._fault_queries.clear()
             self._requests.clear()
 
     # -- test controls ---------------------------------------------------------------
@@ -348,26 +234,33 @@ class GitLabEmulator:
 
     def inject_fault(self, method: str, path_regex: str, status: int | None, times: int = 1,
                      headers: dict | None = None, delay: float = 0.0, body: dict | None = None,
-                     drop: bool | str = False) -> None:
+                     drop: bool | str = False, query_regex: str | None = None) -> None:
         """The next `times` requests matching method ('*' = any) and path_regex (re.search on
         the raw path, e.g. '/api/v4/projects/1/registry/.*/tags/') answer `status` after
-        sleeping `delay`. times=-1 keeps answering until clear_faults().
+        sleeping `delay`. times=-1 keeps answering until clear_faults(). `query_regex`, when
+        given, must also re.search the raw query string (e.g. r'(^|&)page=2(&|$)': one page only).
 
         drop=True closes the connection instead of answering (nothing is done); drop="after"
         does the request, then closes the connection before the answer, so the client never
         learns that it worked. The request log records a dropped request with status 0.
         status=None only sleeps `delay`, then serves the request as usual: a slow GitLab."""
         with self.lock:
-            self._faults.append(Fault(method.upper(), re.compile(path_regex), status, times,
-                                      dict(headers or {}), delay, drop, body))
+            fault = Fault(method.upper(), re.compile(path_regex), status, times,
+                          dict(headers or {}), delay, drop, body)
+            self._faults.append(fault)
+            if query_regex is not None:
+                self._fault_queries[id(fault)] = re.compile(query_regex)
 
     def clear_faults(self) -> None:
         with self.lock:
             self._faults.clear()
+            self._fault_queries.clear()
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, query: str = "") -> Fault | None:
         with self.lock:
-            return faults.take(self._faults, method, path)
+            candidates = [f for f in self._faults
+                          if id(f) not in self._fault_queries or self._fault_queries[id(f)].search(query)]
+            return faults.take(candidates, method, path)
 
     # -- WSGI plumbing -----------------------------------------------------------------
     def _wsgi(self, environ, start_response):
@@ -388,7 +281,7 @@ class GitLabEmulator:
         return resp(environ, start_response)
 
     def _respond(self, req: Request, raw_path: str) -> Response:
-        fault = self._take_fault(req.method, raw_path)
+        fault = self._take_fault(req.method, raw_path, req.query_string.decode("latin-1"))
         if fault is not None:
             if fault.delay:
                 self._stopping.wait(fault.delay)
@@ -553,15 +446,69 @@ class GitLabEmulator:
             "commit": {"id": sha, "short_id": sha[:8], "title": f"Head of {name}"},
         }
 
+    USER = {"id": 1, "username": "emulator", "name": "GitLab Emulator", "state": "active",
+            "avatar_url": None, "web_url": "http://gitlab.invalid/emulator"}
+
     def _mr_json(self, mr: MergeRequest) -> dict:
+        """MergeRequestBasic's fields (the list and the single view alike), kept simple:
+        merge_status is can_be_merged, detailed_merge_status mergeable / draft_status /
+        commits_status (no commits) while open and not_open otherwise."""
         p = self.projects.get(mr.project_id)
+        if mr.state != "opened":
+            detailed = "not_open"
+        elif mr.draft:
+            detailed = "draft_status"
+        else:
+            detailed = "mergeable" if mr.commits else "commits_status"
+        merged, closed = mr.state == "merged", mr.state == "closed"
         return {
-            "id": mr.id, "iid": mr.iid, "project_id": mr.project_id, "title": mr.title, "state": mr.state,
+            "id": mr.id, "iid": mr.iid, "project_id": mr.project_id, "title": mr.title, "description": "",
+            "state": mr.state, "created_at": mr.created_at, "updated_at": mr.updated_at,
+            "merged_by": self.USER if merged else None, "merge_user": self.USER if merged else None,
+            "merged_at": mr.merged_at if merged else None,
+            "closed_by": self.USER if closed else None, "closed_at": mr.closed_at if closed else None,
             "source_branch": mr.source_branch, "target_branch": mr.target_branch,
             "source_project_id": mr.source_project_id, "target_project_id": mr.target_project_id,
-            "sha": mr.sha, "merge_commit_sha": mr.merge_commit_sha,
+            "author": self.USER, "assignee": None, "assignees": [], "reviewers": [], "labels": [],
+            "user_notes_count": 0, "upvotes": 0, "downvotes": 0, "milestone": None,
+            "draft": mr.draft, "work_in_progress": mr.draft, "merge_when_pipeline_succeeds": False,
+            "merge_status": "can_be_merged", "detailed_merge_status": detailed, "has_conflicts": False,
+            "sha": mr.sha, "merge_commit_sha": mr.merge_commit_sha, "squash_commit_sha": mr.squash_commit_sha,
+            "squash": mr.squash, "squash_on_merge": mr.squash, "discussion_locked": None,
+            "should_remove_source_branch": mr.force_remove_source_branch or None,
+            "force_remove_source_branch": mr.force_remove_source_branch,
+            "blocking_discussions_resolved": True, "prepared_at": mr.created_at,
+            "reference": f"!{mr.iid}",
+            "references": {"short": f"!{mr.iid}", "relative": f"!{mr.iid}",
+                           "full": f"{p.path if p else mr.project_id}!{mr.iid}"},
             "web_url": f"{self.url}/{p.path if p else mr.project_id}/-/merge_requests/{mr.iid}",
         }
+
+    # Entities::Ci::PipelineBasic (MR pipelines); the project list adds `name` (PipelineBasicWithMetadata).
+    PIPELINE_BASIC = ("id", "iid", "project_id", "sha", "ref", "status", "source", "created_at",
+                      "updated_at", "web_url")
+
+    def _pipeline_basic(self, pl: Pipeline, with_name: bool = False) -> dict:
+        out = {k: getattr(pl, k) for k in self.PIPELINE_BASIC}
+        if with_name:
+            out["name"] = pl.name
+        return out
+
+    def _pipeline_json(self, pl: Pipeline, p: Project) -> dict:
+        """Entities::Ci::PipelineWithMetadata: the single pipeline."""
+        out = self._pipeline_basic(pl, with_name=True)
+        label = {"success": "passed", "running": "running", "failed": "failed"}.get(pl.status, pl.status)
+        out.update({
+            "before_sha": pl.before_sha, "tag": pl.tag, "yaml_errors": None, "user": self.USER,
+            "started_at": pl.started_at, "finished_at": pl.finished_at, "committed_at": None,
+            "duration": pl.duration, "queued_duration": None, "coverage": None,
+            "detailed_status": {
+                "icon": f"status_{pl.status}", "text": label, "label": label, "group": pl.status,
+                "tooltip": label, "has_details": False, "details_path": f"/{p.path}/-/pipelines/{pl.id}",
+                "illustration": None, "favicon": f"/assets/ci_favicons/favicon_status_{pl.status}.png",
+            },
+        })
+        return out
 
     @staticmethod
     def _hook_json(hook: dict) -> dict:
@@ -589,6 +536,9 @@ class GitLabEmulator:
             ("GET", P + r"/merge_requests", self.list_merge_requests),
             ("GET", P + r"/merge_requests/(?P<iid>[^/]+)", self.get_merge_request),
             ("GET", P + r"/merge_requests/(?P<iid>[^/]+)/commits", self.list_mr_commits),
+            ("GET", P + r"/merge_requests/(?P<iid>[^/]+)/pipelines", self.list_mr_pipelines),
+            ("GET", P + r"/pipelines", self.list_pipelines),
+            ("GET", P + r"/pipelines/(?P<pipeline_id>[^/]+)", self.get_pipeline),
             ("GET", G, self.get_group),
             ("GET", G + r"/projects", self.list_group_projects),
             ("GET", G + r"/registry/repositories", self.list_group_registry_repositories),
@@ -719,58 +669,82 @@ class GitLabEmulator:
             {"name": n, "target": s, "message": "", "protected": False,
              "commit": {"id": s, "short_id": s[:8], "title": f"Tagged {n}"}} for n, s in tags])
 
-    # commits. The emulator keeps no commit graph; this is the whole model (see commit_refs).
-    def commit_refs(self, p: Project) -> dict[str, set[tuple[str, str]]]:
-        """Every commit the project knows -> the refs ("branch"/"tag", name) that contain it:
-
-        - a branch contains its head, a git tag the commit it points at;
-        - a merge request's commits are in the project it targets (GitLab's refs/merge-requests)
-          and, where they came from, in the source project; they are on the source branch while
-          that branch exists, and once the merge request is merged, on the target branch too
-          (its merge commit as well), while that exists;
-        - a commit seeded with `Project.add_commit(sha, on=[...])` is on those branches while
-          they exist.
-        A branch's deletion leaves its commits known but on no ref (GitLab's keep-around refs)."""
+    # commits: the light commit graph of emulator_state.Project, plus the seeding shortcuts below.
+    def known_commits(self, p: Project) -> set[str]:
+        """Every commit project `p` can resolve: all that any of its branches ever held (the graph
+        never forgets: keep-around refs), branch heads, tag targets, `add_commit` commits, its
+        pipelines' commits (also deleted ones), and the commits, merge and squash commits of the
+        merge requests it is the target or the source of."""
         with self.lock:
-            refs: dict[str, set[tuple[str, str]]] = {}
+            known = set(p._parents) | set(p._kept) | set(p.branches.values()) | set(p.tags.values())
+            known |= set(p.commits)
+            for hist in p.history.values():
+                known.update(hist)
+            for mr in self._merge_requests_of(p):
+                known.update(mr.all_commit_shas)
+                known.update(c["id"] for c in mr.commits)
+                known.update(s for s in (mr.merge_commit_sha, mr.squash_commit_sha) if s)
+            known.discard(BLANK_SHA)
+            return known
 
-            def on(sha: str | None, kind: str | None = None, name: str | None = None) -> None:
-                if not sha:
-                    return
-                entry = refs.setdefault(sha, set())
-                if kind and (kind == "tag" or name in p.branches):
-                    entry.add((kind, name))
+    def _merge_requests_of(self, p: Project) -> list[MergeRequest]:
+        return [mr for q in self.projects.values() for mr in q.merge_requests.values()
+                if mr.project_id == p.id or mr.source_project_id == p.id]
 
-            for name, sha in p.branches.items():
-                on(sha, "branch", name)
+    def commit_refs(self, p: Project) -> dict[str, set[tuple[str, str]]]:
+        """Every commit the project knows (`known_commits`) -> the live refs ("branch"/"tag", name)
+        that contain it:
+
+        - a live branch contains every commit of its history (`Project.history`, kept by
+          add_branch, push, merge and `branches[name] = sha`) and its head; a git tag the commit
+          it points at;
+        - a commit seeded with `Project.add_commit(sha, on=[...])` is on those branches while they
+          exist;
+        - merge requests seeded with their commits (`commits=[...]`, or the legacy single commit
+          when the source branch did not exist): the commits are on the source branch while it
+          exists; seeded as merged (not through Project.merge), the commits and merge commit are on
+          the target branch while it exists, or for a squash MR the squash and merge commits only.
+          Merge requests that took their commits from the source branch, and merges done by
+          Project.merge, need no rule: the branches' histories hold the truth.
+        A branch's deletion leaves its commits known but on no ref."""
+        with self.lock:
+            refs: dict[str, set[tuple[str, str]]] = {sha: set() for sha in self.known_commits(p)}
+
+            def on(sha: str | None, kind: str, name: str) -> None:
+                if sha and (kind == "tag" or name in p.branches):
+                    refs.setdefault(sha, set()).add((kind, name))
+
+            for name, head in p.branches.items():
+                on(head, "branch", name)
+                for sha in p.history.get(name, ()):
+                    on(sha, "branch", name)
             for name, sha in p.tags.items():
                 on(sha, "tag", name)
             for sha, branches in p.commits.items():
-                on(sha)
                 for name in branches:
                     on(sha, "branch", name)
-            mrs = [mr for q in self.projects.values() for mr in q.merge_requests.values()
-                   if mr.project_id == p.id or mr.source_project_id == p.id]
-            for mr in mrs:
+            for mr in self._merge_requests_of(p):
+                seeded_merged = mr.state == "merged" and not mr.merged_in_graph and mr.project_id == p.id
                 for c in mr.commits:
-                    on(c["id"])
-                    if mr.source_project_id == p.id:
+                    if mr.commits_from != "branch" and mr.source_project_id == p.id:
                         on(c["id"], "branch", mr.source_branch)
-                    if mr.state == "merged" and mr.project_id == p.id:
+                    if seeded_merged and not mr.squash:
                         on(c["id"], "branch", mr.target_branch)
-                if mr.state == "merged" and mr.project_id == p.id:
+                if seeded_merged:
                     on(mr.merge_commit_sha, "branch", mr.target_branch)
+                    if mr.squash:
+                        on(mr.squash_commit_sha, "branch", mr.target_branch)
             return refs
 
     def _resolve_commit(self, p: Project, ref: str) -> str:
         """A full SHA, a unique prefix of one (4+ hex, like git), a branch or a tag name; else 404
         (an ambiguous prefix too: git refuses it, and GitLab answers 404)."""
-        known = self.commit_refs(p)
         with self.lock:
             if ref in p.branches:
                 return p.branches[ref]
             if ref in p.tags:
                 return p.tags[ref]
+            known = self.known_commits(p)
         if ref in known:
             return ref
         if re.fullmatch(r"[0-9a-f]{4,39}", ref):
@@ -782,8 +756,10 @@ class GitLabEmulator:
     def get_commit(self, req, raw_path, pid, sha):
         p = self._project(pid)
         full = self._resolve_commit(p, sha)
+        with self.lock:
+            parents = list(p._parents.get(full, ()))
         return self._json({"id": full, "short_id": full[:8], "title": f"Commit {full[:8]}",
-                           "message": f"Commit {full[:8]}", "parent_ids": [], "created_at": ZERO_TIME,
+                           "message": f"Commit {full[:8]}", "parent_ids": parents, "created_at": ZERO_TIME,
                            "committed_date": ZERO_TIME, "authored_date": ZERO_TIME,
                            "web_url": f"{self.url}/{p.path}/-/commit/{full}"})
 
@@ -829,6 +805,156 @@ class GitLabEmulator:
         with self.lock:
             commits = [dict(c) for c in reversed(mr.commits)]  # GitLab lists newest first
         return self._paginate(req, raw_path, commits)
+
+    def merge_request_pipelines(self, mr: MergeRequest) -> list[Pipeline]:
+        """Ci::PipelinesForMergeRequestFinder#all: the merge request's own pipelines (source
+        merge_request_event on refs/merge-requests/<iid>/..., in its source or target project) and
+        the source project's branch pipelines (ci_branch_sources, not tags) on the source branch
+        whose SHA is one of the MR's commits in any version of its diff. Merge request pipelines
+        first, then newest (highest id) first, as GitLab sorts them."""
+        with self.lock:
+            target = self.projects.get(mr.project_id)
+            source = self.projects.get(mr.source_project_id)
+            found: dict[int, Pipeline] = {}
+            for proj in {id(x): x for x in (target, source) if x is not None}.values():
+                if proj is not target and mr.iid in proj.merge_requests:
+                    continue  # in a fork, that iid names the fork's own merge request
+                for pl in proj.pipelines.values():
+                    if pl.source == "merge_request_event" and pl.merge_request_iid == mr.iid:
+                        found[pl.id] = pl
+            if source is not None:
+                shas = set(mr.all_commit_shas)
+                for pl in source.pipelines.values():
+                    if pl.source in CI_BRANCH_SOURCES and not pl.tag and pl.ref == mr.source_branch \
+                            and pl.sha in shas:
+                        found[pl.id] = pl
+            return sorted(found.values(), key=lambda pl: (pl.source != "merge_request_event", -pl.id))
+
+    def list_mr_pipelines(self, req, raw_path, pid, iid):
+        mr = self._mr(self._project(pid), iid)
+        with self.lock:
+            items = [self._pipeline_basic(pl) for pl in self.merge_request_pipelines(mr)]
+        return self._paginate(req, raw_path, items)
+
+    # pipelines
+    PIPELINE_ORDER = ("id", "status", "ref", "updated_at", "user_id")
+    PIPELINE_SCOPES = ("running", "pending", "finished", "branches", "tags")
+
+    def list_pipelines(self, req, raw_path, pid):
+        """GET /projects/:id/pipelines as lib/api/ci/pipelines.rb validates it (Grape: invalid values
+        answer 400 {"error": "<param> does not have a valid value"}, unparsable times
+        "<param> is invalid", several errors joined by ", ") and Ci::PipelinesFinder filters it:
+        child pipelines left out unless source=parent_pipeline; scope (branches/tags: the newest
+        pipeline of each branch/tag that exists now), status, ref (exact), sha (exact), username,
+        yaml_errors, updated_after/updated_before (inclusive: UpdatedAtFilterable's gteq/lteq; none
+        when before < after), created_after/created_before (strict: Ci::Pipeline's gt/lt), source,
+        name; then ORDER BY order_by sort. GitLab adds no tie-breaker: ties are ordered by id in the
+        same direction here."""
+        p = self._project(pid)
+        args = req.args
+        errors: list[str] = []
+
+        def choice(name: str, allowed, default=None):
+            value = args.get(name, default)
+            if value is not None and value not in allowed:
+                errors.append(f"{name} does not have a valid value")
+                return default
+            return value
+
+        def when(name: str):
+            value = args.get(name)
+            if value is None:
+                return None
+            try:
+                return parse_time(value)
+            except (ValueError, TypeError):
+                errors.append(f"{name} is invalid")
+                return None
+
+        # Grape's declaration order (lib/api/ci/pipelines.rb).
+        scope = choice("scope", self.PIPELINE_SCOPES)
+        status = choice("status", PIPELINE_STATUSES)
+        ref, sha, username = args.get("ref"), args.get("sha"), args.get("username")
+        yaml_errors = args.get("yaml_errors")
+        if yaml_errors is not None and yaml_errors.lower() not in ("true", "false", "1", "0", "t", "f"):
+            errors.append("yaml_errors is invalid")
+        updated_before, updated_after = when("updated_before"), when("updated_after")
+        created_before, created_after = when("created_before"), when("created_after")
+        order_by = choice("order_by", self.PIPELINE_ORDER, "id")
+        sort = choice("sort", ("asc", "desc"), "desc")
+        source = choice("source", PIPELINE_SOURCES)
+        name = args.get("name")
+        if errors:
+            raise ApiError(400, ", ".join(errors), key="error")
+
+        with self.lock:
+            items = list(p.pipelines.values())  # id order
+            if source != "parent_pipeline":
+                items = [pl for pl in items if pl.source != "parent_pipeline"]
+            if scope == "running" or scope == "pending":
+                items = [pl for pl in items if pl.status == scope]
+            elif scope == "finished":
+                items = [pl for pl in items if pl.status in FINISHED_STATUSES]
+            elif scope in ("branches", "tags"):
+                want_tag = scope == "tags"
+                live = set(p.tags if want_tag else p.branches)
+                newest: dict[str, Pipeline] = {}
+                for pl in items:
+                    if pl.tag == want_tag and pl.ref in live:
+                        newest[pl.ref] = pl  # ascending ids: the last one wins
+                items = sorted(newest.values(), key=lambda pl: pl.id)
+            if status:
+                items = [pl for pl in items if pl.status == status]
+            if ref:
+                refs = {ref}
+                if self.include_reserved_refs_in_ref_filter and source in (None, "merge_request_event"):
+                    for mr in p.merge_requests.values():
+                        if mr.source_branch == ref:
+                            refs |= {f"refs/merge-requests/{mr.iid}/{k}" for k in ("head", "merge", "train")}
+                items = [pl for pl in items if pl.ref in refs]
+            if sha:
+                items = [pl for pl in items if pl.sha == sha]
+            if username is not None and username != self.USER["username"]:
+                items = []
+            if yaml_errors is not None and yaml_errors.lower() in ("true", "1", "t"):
+                items = []  # the emulator's pipelines have no configuration errors
+            if updated_before is not None and updated_after is not None and updated_before < updated_after:
+                items = []
+            if updated_before is not None:
+                items = [pl for pl in items if parse_time(pl.updated_at) <= updated_before]
+            if updated_after is not None:
+                items = [pl for pl in items if parse_time(pl.updated_at) >= updated_after]
+            if created_before is not None:
+                items = [pl for pl in items if parse_time(pl.created_at) < created_before]
+            if created_after is not None:
+                items = [pl for pl in items if parse_time(pl.created_at) > created_after]
+            if source:
+                items = [pl for pl in items if pl.source == source]
+            if name:
+                items = [pl for pl in items if pl.name == name]
+
+            def key(pl: Pipeline):
+                if order_by == "id":
+                    return (pl.id,)
+                if order_by == "user_id":
+                    return (self.USER["id"], pl.id)
+                if order_by == "updated_at":
+                    return (parse_time(pl.updated_at), pl.id)
+                return (getattr(pl, order_by), pl.id)
+
+            items.sort(key=key, reverse=(sort == "desc"))
+            out = [self._pipeline_basic(pl, with_name=True) for pl in items]
+        return self._paginate(req, raw_path, out)
+
+    def get_pipeline(self, req, raw_path, pid, pipeline_id):
+        p = self._project(pid)
+        if not re.fullmatch(r"\d+", pipeline_id):
+            raise ApiError(400, "pipeline_id is invalid", key="error")
+        with self.lock:
+            pl = p.pipelines.get(int(pipeline_id))
+            if pl is None:
+                raise ApiError(404, "404 Not found")
+            return self._json(self._pipeline_json(pl, p))
 
     # groups
     def get_group(self, req, raw_path, gid):

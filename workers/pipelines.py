@@ -1,0 +1,253 @@
+"""GitLab's record of which commit was built on which ref, read from its pipelines API.
+
+Pipeline Hooks get lost, doubled and delayed; GitLab's `GET /projects/:id/pipelines` does
+not. Every decision that relies on "commit X was (or was not) built on ref R" reads this
+record right after bringing it up to date (`Record.sync`), so the answer is GitLab's as of
+that moment, whatever deliveries arrived.
+
+The record is a copy kept in Redis so that a decision does not page through a project's
+whole history each time: the first sync reads every pipeline of the project (oldest
+first), each later one only the pipelines updated since the previous read, less a margin
+for rows GitLab's database made visible late. A pipeline's ref and SHA never change, so
+reading a pipeline twice is harmless and a sync that fails half-way is simply repeated.
+The cursor only moves when a sync finished, and the data has no expiry of its own, so the
+copy is never silently partial: `drop` forgets a project as a whole.
+
+Refs are kept exactly as GitLab lists them: a branch or git tag name, or
+`refs/merge-requests/<iid>/head` (`/merge`, `/train`) for merge-request pipelines.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Iterable, Iterator
+
+import redis
+
+from workers import rules
+from workers.gitlab import GitLab, NotFound
+
+log = logging.getLogger("tagsweeper.pipelines")
+
+PREFIX = "tagsweeper:pipelines"
+OVERLAP = 600  # seconds of pipelines read again at every sync: rows committed late still show up
+PAGE = 100
+
+# One page of pipelines in one round trip: per SHA the refs that built it, per ref the SHAs
+# (scored by the newest pipeline id), per short SHA the full ones, the first pipeline of each
+# ref (to ask later whether it was a tag pipeline) and each SHA's first pipeline time.
+_RECORD = """
+local sha_key, short_key, refs_key, first_key, ref_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+for i = 1, #ARGV, 4 do
+  local sha, ref, id, created = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local refs = redis.call('HGET', sha_key, sha)
+  if not refs then
+    redis.call('HSET', sha_key, sha, ref)
+  else
+    local found = false
+    for r in string.gmatch(refs, '[^\\n]+') do if r == ref then found = true break end end
+    if not found then redis.call('HSET', sha_key, sha, refs .. '\\n' .. ref) end
+  end
+  local prefix = string.sub(sha, 1, 8)
+  local shas = redis.call('HGET', short_key, prefix)
+  if not shas then
+    redis.call('HSET', short_key, prefix, sha)
+  elseif not string.find(shas, sha, 1, true) then
+    redis.call('HSET', short_key, prefix, shas .. '\\n' .. sha)
+  end
+  redis.call('ZADD', ref_prefix .. ref, 'GT', id, sha)
+  local first = tonumber(redis.call('HGET', refs_key, ref))
+  if not first or id < first then redis.call('HSET', refs_key, ref, id) end
+  local seen = tonumber(redis.call('HGET', first_key, sha))
+  if not seen or created < seen then redis.call('HSET', first_key, sha, created) end
+end
+return 1
+"""
+
+# The cursor only moves forward, whichever of two concurrent syncs finishes last.
+_ADVANCE = """
+local old = tonumber(redis.call('HGET', KEYS[1], 'cursor'))
+local new = tonumber(ARGV[1])
+if new and (not old or new > old) then redis.call('HSET', KEYS[1], 'cursor', ARGV[1]) end
+redis.call('HSET', KEYS[1], 'complete', '1')
+redis.call('HINCRBY', KEYS[1], 'read', ARGV[2])
+return 1
+"""
+
+
+def parse_time(value: object) -> float | None:
+    """GitLab's ISO 8601 timestamps ("2024-01-01T00:00:00.000Z") as unix seconds; None if malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def format_time(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class Record:
+    """One project's pipelines record in Redis: sync it, then ask it."""
+
+    def __init__(self, conn: redis.Redis, project_id: int):
+        self.conn = conn
+        self.pid = int(project_id)
+        base = f"{PREFIX}:{self.pid}"
+        self.state_key = f"{base}:state"
+        self.sha_key = f"{base}:sha"
+        self.short_key = f"{base}:short"
+        self.refs_key = f"{base}:refs"
+        self.first_key = f"{base}:first"
+        self.kind_key = f"{base}:kind"
+        self.ref_prefix = f"{base}:ref:"
+        self.read = 0  # pipelines read by the last sync (for reports and benchmarks)
+
+    # -- writing ----------------------------------------------------------------------------
+    def sync(self, gitlab: GitLab) -> int:
+        """Read from GitLab every pipeline updated since the last sync (all of them the first
+        time) into the record; return how many were read. Raises GitLabError like any call.
+
+        Pages are walked by time, not by offset: each request asks for the oldest pipelines
+        updated after the last one read (`order_by=updated_at`, `updated_after`), so a pipeline
+        deleted or updated meanwhile cannot shift another out of the page it was on. A pipeline
+        updated while we read moves to the end and is read again there; more pipelines sharing
+        one timestamp than fit in a page are read by offset within that instant."""
+        cursor = self.conn.hget(self.state_key, "cursor")
+        after = float(cursor) - OVERLAP if cursor is not None else None
+        newest: float | None = None
+        seen: set[int] = set()
+        read, offset = 0, 1
+        while True:
+            params: dict = {"order_by": "updated_at", "sort": "asc", "per_page": PAGE, "page": offset}
+            if after is not None:
+                params["updated_after"] = format_time(after)
+            items = gitlab.pipelines_page(self.pid, params)
+            batch: list[str] = []
+            last: float | None = None
+            fresh = 0
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                updated = parse_time(item.get("updated_at"))
+                if updated is not None:
+                    last = updated if last is None else max(last, updated)
+                sha, ref, pipeline_id = item.get("sha"), item.get("ref"), item.get("id")
+                if isinstance(pipeline_id, bool) or not isinstance(pipeline_id, int):
+                    log.warning("pipeline without a usable id skipped", extra={"project_id": self.pid})
+                    continue
+                if pipeline_id in seen:
+                    continue
+                seen.add(pipeline_id)
+                fresh += 1
+                if not rules.is_sha(sha) or not isinstance(ref, str) or not ref:
+                    log.warning("pipeline without a usable sha or ref skipped",
+                                extra={"project_id": self.pid, "pipeline_id": pipeline_id})
+                    continue
+                created = parse_time(item.get("created_at")) or updated or 0.0
+                batch += [sha, ref, str(pipeline_id), repr(created)]
+            if batch:
+                self._write(batch)
+            read += fresh
+            if last is not None:
+                newest = last if newest is None else max(newest, last)
+            if len(items) < PAGE or last is None:
+                break
+            if fresh == 0 or (after is not None and last - 0.001 <= after):
+                offset += 1  # a page all of one instant: the next page of that instant
+            else:
+                # Ask again from just before the last instant seen (ties at the page's end).
+                after, offset = last - 0.001, 1
+        self.conn.eval(_ADVANCE, 1, self.state_key, "" if newest is None else repr(newest), read)
+        self.read = read
+        return read
+
+    def _write(self, batch: list[str]) -> None:
+        self.conn.eval(_RECORD, 5, self.sha_key, self.short_key, self.refs_key, self.first_key,
+                       self.ref_prefix, *batch)
+
+    def drop(self) -> None:
+        """Forget the project's record (it is read again from GitLab when next needed)."""
+        keys = [self.state_key, self.sha_key, self.short_key, self.refs_key, self.first_key, self.kind_key]
+        for ref in list(self.refs()):
+            keys.append(self.ref_prefix + ref)
+        for start in range(0, len(keys), 500):
+            self.conn.delete(*keys[start:start + 500])
+
+    # -- reading ----------------------------------------------------------------------------
+    def refs_of(self, shas: Iterable[str]) -> dict[str, frozenset[str]]:
+        """For each SHA, every ref a pipeline ran on it (SHAs never built are left out)."""
+        shas = list(dict.fromkeys(shas))
+        out: dict[str, frozenset[str]] = {}
+        for start in range(0, len(shas), 1000):
+            chunk = shas[start:start + 1000]
+            for sha, refs in zip(chunk, self.conn.hmget(self.sha_key, chunk)):
+                if refs:
+                    out[sha] = frozenset(_text(refs).split("\n"))
+        return out
+
+    def shas_of(self, refs: Iterable[str]) -> dict[str, float]:
+        """Every SHA built on any of `refs`, with the id of its newest pipeline there."""
+        pipe = self.conn.pipeline(transaction=False)
+        for ref in refs:
+            pipe.zrange(self.ref_prefix + ref, 0, -1, withscores=True)
+        out: dict[str, float] = {}
+        for items in pipe.execute():
+            for sha, score in items:
+                sha = _text(sha)
+                out[sha] = max(out.get(sha, 0.0), score)
+        return out
+
+    def with_prefix(self, prefixes: Iterable[str]) -> dict[str, frozenset[str]]:
+        """For each 8-hex prefix, the built SHAs that start with it."""
+        prefixes = list(dict.fromkeys(prefixes))
+        if not prefixes:
+            return {}
+        found = self.conn.hmget(self.short_key, prefixes)
+        return {p: frozenset(_text(v).split("\n")) if v else frozenset() for p, v in zip(prefixes, found)}
+
+    def refs(self) -> Iterator[str]:
+        """Every ref that ever ran a pipeline (streamed)."""
+        for ref, _ in self.conn.hscan_iter(self.refs_key, count=1000):
+            yield _text(ref)
+
+    def first_built(self, shas: Iterable[str]) -> dict[str, float]:
+        """When each SHA's first pipeline was created (unix seconds)."""
+        shas = list(dict.fromkeys(shas))
+        if not shas:
+            return {}
+        return {s: float(v) for s, v in zip(shas, self.conn.hmget(self.first_key, shas)) if v is not None}
+
+    def tag_refs(self, gitlab: GitLab, refs: Iterable[str]) -> set[str]:
+        """Which of `refs` GitLab ran as git tag pipelines. The pipelines list does not say,
+        so the first pipeline of each ref not asked before is read once (`tag`), and kept."""
+        refs = [r for r in dict.fromkeys(refs) if rules.merge_request_of_ref(r) is None]
+        if not refs:
+            return set()
+        kinds = dict(zip(refs, self.conn.hmget(self.kind_key, refs)))
+        missing = [r for r, k in kinds.items() if k is None]
+        if missing:
+            firsts = dict(zip(missing, self.conn.hmget(self.refs_key, missing)))
+            for ref, first in firsts.items():
+                if first is None:
+                    continue  # no pipeline of that name: not a tag pipeline ref
+                try:
+                    pipeline = gitlab.pipeline(self.pid, int(first))
+                    kind = "tag" if pipeline.get("tag") is True else "branch"
+                except NotFound:
+                    kind = "unknown"  # deleted since: its ref's kind can no longer be told
+                self.conn.hset(self.kind_key, ref, kind)
+                kinds[ref] = kind.encode()
+        # An unknown kind is treated as a tag: a release image is kept rather than guessed at.
+        return {r for r, k in kinds.items() if k is not None and _text(k) in ("tag", "unknown")}
