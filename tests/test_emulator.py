@@ -848,3 +848,18 @@ def test_fault_injection_can_target_one_page(gitlab, api):
     assert api.get("/projects/58/pipelines", params={"page": 22}).status_code == 200
     gitlab.clear_faults()
     assert api.get("/projects/58/pipelines", params={"page": 2}).status_code == 200
+
+
+def test_merge_requests_filter_by_iids(gitlab):
+    """`iids[]` as GitLab takes it: only the merge requests named, in the usual order."""
+    import requests as _requests
+
+    project = gitlab.add_project(7301, "emu/iids")
+    for iid in (1, 2, 3):
+        project.add_merge_request(iid, f"feature/{iid}", "main", commits=[])
+    url = f"{gitlab.api_url}/projects/{project.id}/merge_requests"
+    headers = {"PRIVATE-TOKEN": gitlab.token}
+    got = _requests.get(url, params={"iids[]": [1, 3], "state": "all"}, headers=headers, timeout=5)
+    assert [m["iid"] for m in got.json()] == [3, 1]
+    bad = _requests.get(url, params={"iids[]": "x"}, headers=headers, timeout=5)
+    assert bad.status_code == 400

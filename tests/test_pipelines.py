@@ -138,3 +138,20 @@ def test_parse_time(text, seconds):
 def test_format_time_is_what_gitlab_parses():
     assert pipelines.format_time(1704067200.25) == "2024-01-01T00:00:00.250Z"
     assert pipelines.parse_time(pipelines.format_time(1704067200.25)) == 1704067200.25
+
+
+def test_a_ref_whose_first_pipeline_was_deleted_is_told_by_another(gitlab, conn, client):
+    project = gitlab.add_project(7107, "rec/expired")
+    sha = project.add_tag("v0.8", random_sha())
+    first = project.add_pipeline(sha, "v0.8")
+    project.add_pipeline(sha, "v0.8")
+    gone = project.add_pipeline(random_sha(), "feature/expired")
+    project.tags.pop("v0.8")
+    record = pipelines.Record(conn, project.id)
+    record.sync(client)
+    project.delete_pipeline(first.id)   # GitLab expired the oldest pipelines
+    project.delete_pipeline(gone.id)
+    # v0.8 is told by its second pipeline; feature/expired has none left: kept as a possible tag.
+    assert record.tag_refs(client, ["v0.8", "feature/expired"]) == {"v0.8", "feature/expired"}
+    assert conn.hget(record.kind_key, "v0.8") == b"tag"
+    assert conn.hget(record.kind_key, "feature/expired") == b"unknown"

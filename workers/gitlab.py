@@ -100,6 +100,20 @@ class GitLab(Client):
 
     def page(self, path: str, params: dict | None = None) -> list:
         """One page of a list endpoint, as asked (`page`, `per_page` and filters in `params`)."""
+        return self._list(path, params)[0]
+
+    def paginate(self, path: str, params: dict | None = None, per_page: int = 100) -> Iterator[dict]:
+        """Yield every item of a list endpoint, page by page (X-Next-Page), never all at once."""
+        query = dict(params or {}, per_page=per_page, page=1)
+        while True:
+            items, response = self._list(path, query)
+            yield from items
+            next_page = response.headers.get("X-Next-Page", "").strip()
+            if not next_page or not items:
+                return
+            query["page"] = int(next_page)
+
+    def _list(self, path: str, params: dict | None) -> tuple[list, requests.Response]:
         response = self.request("GET", path, params=params)
         if response.status_code == 404:
             raise NotFound(f"GET {path}: {_message(response)}", 404)
@@ -108,25 +122,7 @@ class GitLab(Client):
         items = _json(response, path)
         if not isinstance(items, list):
             raise BadResponse(f"GET {path}: expected a list")
-        return items
-
-    def paginate(self, path: str, params: dict | None = None, per_page: int = 100) -> Iterator[dict]:
-        """Yield every item of a list endpoint, page by page (X-Next-Page), never all at once."""
-        query = dict(params or {}, per_page=per_page, page=1)
-        while True:
-            response = self.request("GET", path, params=query)
-            if response.status_code == 404:
-                raise NotFound(f"GET {path}: {_message(response)}", 404)
-            if response.status_code == 403:
-                raise forbidden(f"GET {path}", response)
-            items = _json(response, path)
-            if not isinstance(items, list):
-                raise BadResponse(f"GET {path}: expected a list")
-            yield from items
-            next_page = response.headers.get("X-Next-Page", "").strip()
-            if not next_page or not items:
-                return
-            query["page"] = int(next_page)
+        return items, response
 
     # The endpoints the service uses.
 

@@ -242,12 +242,24 @@ class Record:
             for ref, first in firsts.items():
                 if first is None:
                     continue  # no pipeline of that name: not a tag pipeline ref
-                try:
-                    pipeline = gitlab.pipeline(self.pid, int(first))
-                    kind = "tag" if pipeline.get("tag") is True else "branch"
-                except NotFound:
-                    kind = "unknown"  # deleted since: its ref's kind can no longer be told
+                kind = self._kind(gitlab, ref, int(first))
                 self.conn.hset(self.kind_key, ref, kind)
                 kinds[ref] = kind.encode()
         # An unknown kind is treated as a tag: a release image is kept rather than guessed at.
         return {r for r, k in kinds.items() if k is not None and _text(k) in ("tag", "unknown")}
+
+    def _kind(self, gitlab: GitLab, ref: str, first: int) -> str:
+        """"tag" or "branch" from one pipeline of `ref` (its first; if GitLab deleted that one
+        since, any that is left); "unknown" when none is left to ask."""
+        try:
+            return "tag" if gitlab.pipeline(self.pid, first).get("tag") is True else "branch"
+        except NotFound:
+            pass
+        left = gitlab.pipelines_page(self.pid, {"ref": ref, "per_page": 1, "page": 1})
+        for item in left:
+            if isinstance(item, dict) and isinstance(item.get("id"), int):
+                try:
+                    return "tag" if gitlab.pipeline(self.pid, item["id"]).get("tag") is True else "branch"
+                except NotFound:
+                    break
+        return "unknown"

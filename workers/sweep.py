@@ -409,7 +409,8 @@ class ProjectSweep:
             if again:
                 self.report.add("kept", v.tag, f"branch {again[0]!r} exists again", path)
             elif released:
-                self.report.add("kept", v.tag, f"built by git tag {released[0]!r}'s pipeline (a release)", path)
+                self.report.add("kept", v.tag, f"built by git tag {released[0]!r}'s pipelines (a release), "
+                                               "or by a ref GitLab no longer has pipelines to tell", path)
             else:
                 go.append(v.decision())
         before = self.report.count("deleted") + self.report.count("absent")

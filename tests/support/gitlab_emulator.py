@@ -780,12 +780,19 @@ class GitLabEmulator:
         if state not in ("opened", "closed", "merged", "locked", "all"):
             raise ApiError(400, "state does not have a valid value", key="error")
         src, tgt = req.args.get("source_branch"), req.args.get("target_branch")
+        # `iids[]=1&iids[]=2` (GitLab's array parameter): only those merge requests.
+        raw_iids = req.args.getlist("iids[]")
+        try:
+            iids = {int(i) for i in raw_iids} if raw_iids else None
+        except ValueError:
+            raise ApiError(400, "iids is invalid", key="error") from None
         with self.lock:
             mrs = sorted(p.merge_requests.values(), key=lambda m: m.iid, reverse=True)  # newest first
             items = [self._mr_json(m) for m in mrs
                      if (state == "all" or m.state == state)
                      and (src is None or m.source_branch == src)
-                     and (tgt is None or m.target_branch == tgt)]
+                     and (tgt is None or m.target_branch == tgt)
+                     and (iids is None or m.iid in iids)]
         return self._paginate(req, raw_path, items)
 
     def _mr(self, p: Project, iid: str) -> MergeRequest:
