@@ -28,6 +28,9 @@ def seed(emu: GitLabEmulator) -> list[str]:
     project.branches["feature/other"] = "2" * 40
     project.tags["v1.2.0"] = "3" * 40
     project.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST], merge_commit_sha=MERGE)
+    # GitLab's record of who built what: the branch's pipeline, then main's on the merge commit.
+    project.add_pipeline(LAST, FEATURE)
+    project.add_pipeline(MERGE, "main")
     repos = []
     for name in ("", "worker"):
         project.add_registry_repository(name)
