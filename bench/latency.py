@@ -68,7 +68,8 @@ def setup(emu, n: int) -> None:
     project = emu.add_project(PROJECT_ID, PROJECT_PATH, default_branch="main")
     project.branches["main"] = MAIN
     for i in range(n):
-        project.add_merge_request(i + 1, f"feature/lat-{i}", "main", state="merged", commits=commits(i))
+        project.add_merge_request(i + 1, f"feature/lat-{i}", "main", state="merged", commits=commits(i),
+                                  merge_commit_sha=hashlib.sha1(f"lat-merge-{i}".encode()).hexdigest())
     project.add_registry_repository("")
     project.add_registry_repository("worker")
 
