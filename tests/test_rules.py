@@ -299,3 +299,12 @@ def test_a_fast_forward_head_pinned_by_gather_survives_the_plan():
     decided = {d.tag: d for d in plan(facts, Policy())}
     assert not decided[SHA_A].delete and not decided[SHA_A[:8]].delete
     assert decided[SHA_B].delete and decided["feature-x"].delete
+
+
+def test_fast_forward_pins_only_own_merges_into_live_branches():
+    mrs = [_mr(iid=1, sha=SHA_A),                                     # fast-forward into live main: kept
+           _mr(iid=2, sha=SHA_B, merge_commit_sha=SHA_C),             # merge commit: the branch's own
+           _mr(iid=3, sha=SHA_C, target_branch="gone"),               # target deleted: nothing to keep it for
+           _mr(iid=4, sha=SHA_D, own=False)]                          # a fork's: upstream's commit
+    pins = rules.fast_forward_pins(mrs, {"main"})
+    assert set(pins) == {SHA_A} and "fast-forward merged into 'main' (merge request !1)" in pins[SHA_A]

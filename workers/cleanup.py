@@ -236,12 +236,10 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
                 f"/projects/{encode(target_pid)}/merge_requests/{int(request.mr_iid)}"), pid))
         except NotFound:
             pass
-    for mr in merged:
-        head = rules.fast_forward_head(mr)
-        if head and mr.own and mr.source_branch == branch and target_pid == pid \
-                and mr.target_branch in live_branches:
-            pinned.setdefault(head, f"commit was fast-forward merged into {mr.target_branch!r} "
-                                    f"(merge request !{mr.iid}): it is that branch's commit now")
+    if target_pid == pid:  # a fork's fast-forward head is upstream's commit, not the fork's
+        own_merged = [mr for mr in merged if mr.source_branch == branch]
+        for sha, why in rules.fast_forward_pins(own_merged, live_branches).items():
+            pinned.setdefault(sha, why)
 
     # The branch's commits: what GitLab ran its pipelines and its merge requests' pipelines on,
     # its merge requests' commits, and what the delivery and the Pipeline Hooks named.

@@ -251,15 +251,14 @@ class Record:
     def _kind(self, gitlab: GitLab, ref: str, first: int) -> str:
         """"tag" or "branch" from one pipeline of `ref` (its first; if GitLab deleted that one
         since, any that is left); "unknown" when none is left to ask."""
-        try:
-            return "tag" if gitlab.pipeline(self.pid, first).get("tag") is True else "branch"
-        except NotFound:
-            pass
-        left = gitlab.pipelines_page(self.pid, {"ref": ref, "per_page": 1, "page": 1})
-        for item in left:
-            if isinstance(item, dict) and isinstance(item.get("id"), int):
+        left = [first]
+        for attempt in range(2):
+            for pipeline_id in left[:1]:
                 try:
-                    return "tag" if gitlab.pipeline(self.pid, item["id"]).get("tag") is True else "branch"
+                    return "tag" if gitlab.pipeline(self.pid, pipeline_id).get("tag") is True else "branch"
                 except NotFound:
-                    break
+                    pass
+            if attempt == 0:
+                page = gitlab.pipelines_page(self.pid, {"ref": ref, "per_page": 1, "page": 1})
+                left = [i["id"] for i in page if isinstance(i, dict) and isinstance(i.get("id"), int)]
         return "unknown"

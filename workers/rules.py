@@ -158,6 +158,19 @@ def fast_forward_head(mr: MergeRequest) -> str | None:
     return mr.sha
 
 
+def fast_forward_pins(mrs: Iterable[MergeRequest], live_branches: Iterable[str]) -> dict[str, str]:
+    """The heads of this project's fast-forward merges into branches that live: their target's
+    commits now (fast_forward_head), kept whatever pipelines did or did not run on them yet."""
+    live = set(live_branches)
+    pins: dict[str, str] = {}
+    for mr in mrs:
+        head = fast_forward_head(mr)
+        if head and mr.own and mr.target_branch in live:
+            pins.setdefault(head, f"commit was fast-forward merged into {mr.target_branch!r} "
+                                  f"(merge request !{mr.iid}): it is that branch's commit now")
+    return pins
+
+
 def pipeline_label(ref: str, live_tags: Mapping[str, str], merge_requests: Mapping[int, MergeRequest]) -> str:
     """What a pipeline's ref stands for, as a label the rules compare:
 

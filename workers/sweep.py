@@ -149,10 +149,8 @@ def gather(ctx: cleanup.Context, record: pipelines.Record) -> tuple[rules.SweepF
                 expand.append(iid)  # its commits are on no branch here, yet in use
         elif mr.own and source and mr.state in ("merged", "closed"):
             known.setdefault(source, f"merge request !{iid} ({mr.state})")
-        head = rules.fast_forward_head(mr)
-        if head and mr.own and mr.target_branch in live_branches:
-            pinned.setdefault(head, f"commit was fast-forward merged into {mr.target_branch!r} "
-                                    f"(merge request !{iid}): it is that branch's commit now")
+    for sha, why in rules.fast_forward_pins(mrs.values(), live_branches).items():
+        pinned.setdefault(sha, why)
     for iid in expand:
         try:
             for c in gl.merge_request_commits(pid, iid):
