@@ -156,7 +156,7 @@ def run_tagsweeper(stack: Stack, redis_url: str, mode: str, concurrency: int, wa
     cleanup's sync reads the project's whole record."""
     from workers import cleanup, pipelines
     from workers.gitlab import GitLab
-    from workers.settings import Settings
+    from workers.common.settings import Settings
 
     emu = stack.emulator
     env = {"GITLAB_URL": emu.url, "GITLAB_TOKEN": emu.token, "REDIS_URL": redis_url, "REGISTRY_MODE": mode,

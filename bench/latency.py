@@ -90,7 +90,7 @@ def delivery(i: int) -> dict:
 
 def run_mode(mode: str, golden, emu, n: int, interval: float) -> dict:
     from tests.support.service import Service
-    from workers import audit
+    from workers.common import audit
 
     wd = WORK / "latency" / mode
     if wd.exists():

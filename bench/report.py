@@ -689,7 +689,7 @@ CHANGES_TEXT = """\
   stream with one Lua script (dedupe, write, mark seen, count) instead of building an RQ job and counting
   in a second round trip; a mover thread in every `tagsweeper worker` turns records into RQ jobs.
   `hooks/events.py`: the nesting check counts brackets before it cuts strings out (most bodies stop
-  there). `workers/logs.py`: which record attributes a log line shows is cached per name. `redis[hiredis]`
+  there). `workers/common/logs.py`: which record attributes a log line shows is cached per name. `redis[hiredis]`
   in the dependencies. Tests: `tests/test_inbox.py`.
 - `workers/registry.py`: `Registry.delete_tags(repo, tags)`: each tag resolved once immediately before it
   is rewritten; on registries without the OCI delete by tag, one shared tombstone per batch of up to

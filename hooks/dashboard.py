@@ -174,9 +174,9 @@ def scrub(response):
         data = data.replace(secret, b"***")
     if response.mimetype == "application/json":
         try:
-            from workers.audit import scrub as scrub_text  # the same patterns as the audit trail's
+            from workers.common.audit import scrub as scrub_text  # the same patterns as the audit trail's
         except ModuleNotFoundError as exc:
-            if exc.name != "workers.audit":
+            if exc.name != "workers.common.audit":
                 raise
         else:
             data = scrub_text(data.decode("utf-8")).encode("utf-8")
@@ -204,9 +204,9 @@ def audit():
     except ValueError as exc:
         return _error(400, str(exc))
     try:
-        from workers import audit as trail  # lazily: the web process only needs it here
+        from workers.common import audit as trail  # lazily: the web process only needs it here
     except ModuleNotFoundError as exc:
-        if exc.name != "workers.audit":
+        if exc.name != "workers.common.audit":
             raise
         return _error(503, "the audit trail is not available in this version of tagsweeper")
     intake = get_intake()
@@ -218,7 +218,7 @@ def audit():
 
 
 def audit_query(args: Mapping[str, str]) -> dict[str, Any]:
-    """`workers.audit.read`'s keyword arguments from the query string; ValueError says what is wrong."""
+    """`workers.common.audit.read`'s keyword arguments from the query string; ValueError says what is wrong."""
     return {"project": _project(args.get("project")), "since": _since(args.get("since")),
             "limit": _limit(args.get("limit"))}
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 
 from hooks import signing
-from workers.allowlist import AllowList
+from workers.common.allowlist import AllowList
 
 CLEANUP_FUNC = "workers.jobs.cleanup_branch"
 RECORD_PIPELINE_FUNC = "workers.jobs.record_pipeline"
@@ -444,7 +444,7 @@ def check_allowed(decision: Decision, payload: Mapping[str, Any], allowed: Allow
 
     A merge involves two projects: the source, whose images are cleaned (a fork's own), and
     the target, whose hook sent the delivery; both must be allowed. A payload's paths are
-    only claims (see workers/allowlist.py): the worker checks again with GitLab's answer.
+    only claims (see workers/common/allowlist.py): the worker checks again with GitLab's answer.
     """
     if isinstance(decision, Cleanup):
         projects = [("project", decision.project_id, decision.project_path)]

@@ -24,7 +24,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
 from hooks.events import Cleanup, RecordPipeline
-from workers import inbox, metrics
+from workers import inbox
+from workers.common import metrics
 
 EXTENSION = "tagsweeper.intake"
 

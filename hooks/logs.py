@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from workers.logs import JsonFormatter, TextFormatter
+from workers.common.logs import JsonFormatter, TextFormatter
 
 LOGGER_NAME = "tagsweeper.hooks"
 log = logging.getLogger(LOGGER_NAME)

@@ -1,7 +1,7 @@
 """GET /metrics: the service's Prometheus metrics, read from Redis at scrape time.
 
 Every process (each gunicorn worker, the RQ workers) writes its counts to Redis
-(workers/metrics.py), so whichever gunicorn worker answers a scrape shows the same totals.
+(workers/common/metrics.py), so whichever gunicorn worker answers a scrape shows the same totals.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import redis
 from flask import Blueprint, Flask, Response, jsonify
 
 from hooks.intake import get_intake
-from workers import metrics
+from workers.common import metrics
 
 bp = Blueprint("metrics", __name__)
 

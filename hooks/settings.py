@@ -59,7 +59,7 @@ def parse_signing_keys(value: Any) -> tuple[bytes, ...]:
 
 def parse_allowed_projects(value: Any):
     """Comma-separated project ids, paths and group paths; empty allows every project."""
-    from workers.allowlist import parse
+    from workers.common.allowlist import parse
 
     try:
         return parse(value)

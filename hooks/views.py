@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from hooks import events, signing
 from hooks.intake import QueueUnavailable, get_intake
 from hooks.logs import log_delivery
-from workers.metrics import count_delivery
+from workers.common.metrics import count_delivery
 
 bp = Blueprint("hooks", __name__)
 

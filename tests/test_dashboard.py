@@ -23,7 +23,7 @@ from hooks.dashboard import dashboard_redis_url
 from hooks.logs import LOGGER_NAME
 from tests.support.procs import free_port
 from tests.support.service import Service
-from workers import audit
+from workers.common import audit
 
 USER = "operator"
 PASSWORD = "dash-Pa55word-never-shown"

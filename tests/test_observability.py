@@ -22,8 +22,9 @@ from hooks import create_app
 from tests.support.procs import free_port
 from tests.support.service import ROOT, SECRET, Service, load_payload
 from tests.test_e2e import EARLIER, LAST, assert_registry, make_shop, merge_payload
-from workers import audit, inbox, jobs, metrics, rules
-from workers.settings import ConfigError
+from workers import inbox, jobs, rules
+from workers.common import audit, metrics
+from workers.common.settings import ConfigError
 
 GONE = {"feature-checkout-flow", LAST, LAST[:8]}  # EARLIER is kept: it is another live branch's head
 

@@ -21,13 +21,13 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from tests.support.procs import free_port, stop
 from tests.support.service import ROOT, Service
 from tests.test_hooks_app import make_app, post
-from workers import audit
+from workers.common import audit
 
 QUEUE = "tagsweeper"
 TOKEN = "glpat-operations-test-token"
 SHA = "a" * 40
 BAD_SETTING = {"PIPELINE_MEMORY_CAP": "0"}  # record_pipeline fails on it; leaving it out fixes it
-CONFIG_ERROR = "workers.settings.ConfigError: PIPELINE_MEMORY_CAP must be at least 1, got 0"
+CONFIG_ERROR = "workers.common.settings.ConfigError: PIPELINE_MEMORY_CAP must be at least 1, got 0"
 
 
 def env_for(redis_url: str, **extra: str) -> dict:

@@ -39,7 +39,7 @@ from tests.test_safety_property import (
 )
 from workers import cleanup, history
 from workers.gitlab import GitLab
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 pytestmark = pytest.mark.e2e
 

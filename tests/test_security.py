@@ -51,9 +51,10 @@ from tests.support.service import SECRET as E2E_SECRET
 from tests.support.service import Service
 from tests.test_e2e import make_shop, merge_payload
 from tests.test_hooks_app import body_of, headers, inbox_ids, keyspace, make_app, move
-from workers import allowlist, cleanup, rules
+from workers import cleanup, rules
+from workers.common import allowlist
 from workers.gitlab import GitLab, encode
-from workers.settings import ConfigError, Settings
+from workers.common.settings import ConfigError, Settings
 
 MIB = 1024 * 1024
 MERGE = json.loads(body_of("merge_request_merge.json"))

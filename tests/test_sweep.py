@@ -28,7 +28,7 @@ from tests.test_e2e import EARLIER, FEATURE, LAST, MERGE, MODES, assert_registry
 from workers import cleanup, history, jobs, rules, sweep
 from workers.gitlab import GitLab
 from workers.report import Report
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 pytestmark = pytest.mark.e2e
 

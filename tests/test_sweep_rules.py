@@ -194,7 +194,7 @@ def test_sweep_never_deletes_what_an_event_cleanup_would_keep():
     ({"SWEEP_PROJECTS": "4711, acme/shop/, 4711,,group/sub/app"}, "17 3 * * *", (4711, "acme/shop", "group/sub/app")),
 ])
 def test_sweep_settings(env, cron, projects):
-    from workers.settings import Settings
+    from workers.common.settings import Settings
     s = Settings.from_env(env)
     assert (s.sweep_cron, s.sweep_projects) == (cron, projects)
 
@@ -207,6 +207,6 @@ def test_sweep_settings(env, cron, projects):
     ({"SWEEP_TIMEOUT": "5"}, "SWEEP_TIMEOUT"),
 ])
 def test_bad_sweep_settings(env, message):
-    from workers.settings import ConfigError, Settings
+    from workers.common.settings import ConfigError, Settings
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)

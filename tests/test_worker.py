@@ -13,7 +13,7 @@ import redis
 from tests.support.procs import free_port
 from tests.support.service import ROOT, Service
 from workers import history, jobs
-from workers.settings import ConfigError, Settings
+from workers.common.settings import ConfigError, Settings
 
 SHA = [f"{i:040x}" for i in range(1, 20)]
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import audit, history, locks, metrics, pipelines, rules
+from workers import history, locks, pipelines, rules
+from workers.common import audit, metrics
 from workers.gitlab import AuthError as GitLabAuthError
 from workers.gitlab import GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.registry import RegistryError
 from workers.report import Report
-from workers.settings import Settings
+from workers.common.settings import Settings
 from workers.tagstore import GitLabTags, RegistryTags, TagStore
 
 log = logging.getLogger("tagsweeper.cleanup")

@@ -19,10 +19,11 @@ import redis
 from rq import Worker as RQWorker
 from rq.defaults import DEFAULT_WORKER_TTL
 
-from workers import cleanup, inbox, logs
+from workers import cleanup, inbox
+from workers.common import logs
 from workers.gitlab import GitLab, GitLabError
 from workers.report import format_text
-from workers.settings import ConfigError, Settings, say_redis_unreachable
+from workers.common.settings import ConfigError, Settings, say_redis_unreachable
 
 
 def _project(value: str) -> int | str:
@@ -144,7 +145,7 @@ class _Worker(RQWorker):
 # Modules adding their own subcommands (see the module docstring).
 COMMAND_MODULES: list[str] = [
     "workers.registration",
-    "workers.audit",
+    "workers.common.audit",
     "workers.operations",
     "workers.sweep",
 ]

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import requests
 
-from workers.errors import ServiceError
+from workers.common.errors import ServiceError
 from workers.http import TRANSIENT_STATUSES, Client, retry_after_seconds
 
 __all__ = ["TRANSIENT_STATUSES", "retry_after_seconds"]  # re-exported: GitLab's names for them

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import requests
 
-from workers.errors import ServiceError
+from workers.common.errors import ServiceError
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 

@@ -13,10 +13,11 @@ from typing import Iterator
 import redis
 from rq import get_current_job
 
-from workers import cleanup, history, metrics, rules, sweep
+from workers import cleanup, history, rules, sweep
+from workers.common import metrics
 from workers.gitlab import AuthError, GitLab
 from workers.registry import AuthError as RegistryAuthError
-from workers.settings import ConfigError, Settings
+from workers.common.settings import ConfigError, Settings
 
 log = logging.getLogger("tagsweeper.jobs")
 

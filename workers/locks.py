@@ -50,7 +50,7 @@ return 0
 
 def ttl_from_env(env=None) -> int:
     """CLEANUP_LOCK_TTL: whole seconds >= 1 (default 60)."""
-    from workers.settings import whole_number
+    from workers.common.settings import whole_number
 
     return whole_number(os.environ if env is None else env, TTL_VARIABLE, DEFAULT_TTL, minimum=1)
 

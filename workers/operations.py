@@ -29,7 +29,7 @@ from rq.registry import (CanceledJobRegistry, FailedJobRegistry, FinishedJobRegi
                          StartedJobRegistry)
 
 from workers import inbox
-from workers.settings import Settings, say_redis_unreachable
+from workers.common.settings import Settings, say_redis_unreachable
 
 # How long the CLI waits on Redis: an operator at a terminal wants an answer, not a hang.
 SOCKET_TIMEOUT = 10.0
@@ -262,9 +262,9 @@ def last_line(text: str | None) -> str | None:
 def last_decisions(conn: redis.Redis, limit: int) -> list[dict] | None:
     """The audit trail's newest entries, or None when this version has no audit trail."""
     try:
-        audit = importlib.import_module("workers.audit")
+        audit = importlib.import_module("workers.common.audit")
     except ModuleNotFoundError as exc:
-        if exc.name != "workers.audit":
+        if exc.name != "workers.common.audit":
             raise
         return None
     return audit.read(conn, limit=limit)
@@ -305,7 +305,7 @@ def format_status(report: dict[str, Any]) -> str:
     elif not decisions:
         lines.append("last decisions: none yet")
     else:
-        from workers.audit import format_table
+        from workers.common.audit import format_table
 
         lines.append("last decisions:")
         lines += ["  " + line for line in format_table(decisions).splitlines()]

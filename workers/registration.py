@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 from urllib.parse import urlsplit
 
-from workers import logs
+from workers.common import logs
 from workers.gitlab import AuthError, GitLab, GitLabError, NotFound
-from workers.settings import ConfigError, Settings
+from workers.common.settings import ConfigError, Settings
 
 EVENTS = ("merge_requests_events", "push_events", "pipeline_events")
 RECEIVER_PATH = "/hooks/gitlab"

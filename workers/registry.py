@@ -34,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from workers.errors import ServiceError
+from workers.common.errors import ServiceError
 from workers.http import Client
 
 log = logging.getLogger("tagsweeper.registry")

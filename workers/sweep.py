@@ -34,11 +34,12 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from workers import audit, cleanup, history, pipelines, rules
+from workers import cleanup, history, pipelines, rules
+from workers.common import audit
 from workers.gitlab import AuthError, BadResponse, GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.report import Report
-from workers.settings import Settings, say_redis_unreachable
+from workers.common.settings import Settings, say_redis_unreachable
 from workers.tagstore import RegistryTags
 
 log = logging.getLogger("tagsweeper.sweep")
@@ -613,7 +614,7 @@ class _Terminal:
 
 
 def run_cli(args: argparse.Namespace, settings: Settings) -> int:
-    from workers import logs
+    from workers.common import logs
 
     settings.require_gitlab()
     if not args.json:

@@ -7,7 +7,7 @@ is the time Redis stored it, in milliseconds, so "since" is a range read, not a 
 
 `record()` and `read()` are the API (the dashboard and `tagsweeper status` read through it);
 `attach()` makes a cleanup's Report write every decision here, together with the
-`tags_total` counter of workers/metrics.py, in one round trip per decision.
+`tags_total` counter of workers/common/metrics.py, in one round trip per decision.
 `tagsweeper audit` (added to the CLI by `add_commands`) prints the trail.
 """
 
@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import redis
 
-from workers import metrics
-from workers.settings import say_redis_unreachable, whole_number
+from workers.common import metrics
+from workers.common.settings import say_redis_unreachable, whole_number
 
 log = logging.getLogger("tagsweeper.audit")
 

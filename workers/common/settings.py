@@ -8,7 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from workers import allowlist, rules
+from workers import rules
+from workers.common import allowlist
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "tagsweeper"

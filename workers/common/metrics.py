@@ -254,7 +254,7 @@ def observed(job: str, outcomes: Mapping[type[BaseException], str] | None = None
 def _write_job(job: str, outcome: str, seconds: float, mine: Tally, redis_url: Callable[[], str] | None) -> None:
     try:
         if redis_url is None:
-            from workers.settings import Settings
+            from workers.common.settings import Settings
             url = Settings.from_env().redis_url
         else:
             url = redis_url()
