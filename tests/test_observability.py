@@ -22,8 +22,8 @@ from hooks import create_app
 from tests.support.procs import free_port
 from tests.support.service import ROOT, SECRET, Service, load_payload
 from tests.test_e2e import EARLIER, LAST, assert_registry, make_shop, merge_payload
-from workers import inbox, jobs, rules
-from workers.common import audit, metrics
+from workers import deletion, inbox, jobs, rules
+from workers.common import audit, errors, metrics
 from workers.common.settings import ConfigError
 
 GONE = {"feature-checkout-flow", LAST, LAST[:8]}  # EARLIER is kept: it is another live branch's head
@@ -237,16 +237,40 @@ def test_every_kept_reason_of_the_rules_has_a_kind():
         branch="feature/x", shas=frozenset({main, other, tagged, built, "e" * 40}), default_branch="main",
         live_branches={"main": main, "feature-x": other, "feature/y": other},
         live_tags={"v1.0.0": tagged, "feature-x-release": "f" * 40},
-        pinned_shas={main: "commit is the head of the target branch 'main'"},
+        pinned_shas={main: rules.Reason(rules.Code.TARGET_BRANCH_HEAD,
+                                        "commit is the head of the target branch 'main'")},
         other_refs={built: frozenset({"branch:release"})})
     policy = rules.Policy(branch_templates=("{ref_slug}", "latest"))
-    kinds = {metrics.reason_kind("kept", d.reason) for d in rules.plan(facts, policy) if not d.delete}
+    kinds = {metrics.reason_kind("kept", d.code) for d in rules.plan(facts, policy) if not d.delete}
     assert "other" not in kinds
     assert {"protected", "live_branch", "live_head", "git_tag", "other_ref"} <= kinds
-    assert metrics.reason_kind("kept", "GitLab refused the delete (403): a protection rule covers it") == "gitlab_403"
-    assert metrics.reason_kind("kept", "the tag was pushed again since the plan saw it: in use") == "changed"
-    assert metrics.reason_kind("deleted", "owned by branch 'x'") == "owned"
-    assert metrics.reason_kind("failed", "DELETE /x: still failing after 4 attempts (HTTP 500)") == "transient"
+    assert metrics.reason_kind("kept", deletion.FORBIDDEN.code) == "gitlab_403"
+    assert metrics.reason_kind("kept", deletion.CHANGED.code) == "changed"
+    assert metrics.reason_kind("deleted", rules.Code.OWNED) == "owned"
+    failed = deletion.failure(errors.TransientError("DELETE /x: still failing after 4 attempts (HTTP 500)"))
+    assert metrics.reason_kind("failed", failed.code) == "transient"
+
+
+# The reason_kind labels as they were when they were chosen by a reason's text: codes keep them.
+REASON_KIND_LABELS = {"owned", "absent", "transient", "error", "protected", "invalid_tag", "default_branch",
+                      "live_branch", "live_head", "git_tag", "fast_forward", "open_mr", "sha_like", "other_ref",
+                      "gitlab_403", "changed", "other", "skipped"}
+
+
+@pytest.mark.parametrize("code", sorted(rules.REASON_CODES))
+def test_every_reason_code_maps_to_a_label(code):
+    assert metrics.REASON_KINDS[code] in REASON_KIND_LABELS
+    for decision in ("deleted", "would_delete", "absent", "kept", "failed", "skipped"):
+        assert metrics.reason_kind(decision, code) in REASON_KIND_LABELS
+    # The label follows the code, whatever the words: rewording a reason changes no metric.
+    assert metrics.reason_kind("kept", rules.Reason(code, "any words at all").code) == metrics.REASON_KINDS[code]
+
+
+def test_the_label_table_covers_exactly_the_codes():
+    assert set(metrics.REASON_KINDS) == rules.REASON_CODES
+    assert metrics.REASON_KIND_LABELS <= REASON_KIND_LABELS
+    with pytest.raises(ValueError):
+        rules.Reason("no-such-code", "a code the table does not know")
 
 
 # --- the audit trail ------------------------------------------------------------------------------

@@ -7,10 +7,16 @@ another tag points at (`latest` on the same image stays).
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
+from tests.support.faultproxy import FaultProxy
 from tests.test_registry_client import make_client, shop  # noqa: F401 - fixtures
 from workers import registry as reg
+
+TOMBSTONE = r"/manifests/sha256:"
 
 
 def test_deletes_exactly_the_given_tags_with_one_tombstone(gitlab, make_client, shop):  # noqa: F811
@@ -40,32 +46,41 @@ def test_deletes_exactly_the_given_tags_with_one_tombstone(gitlab, make_client, 
     assert heads == 13  # one per tag (the repository's dummy config is in place since the warm-up)
 
 
-def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, make_client, shop, monkeypatch):  # noqa: F811
+def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, gitlab_stack, shop):  # noqa: F811
     rc = gitlab.registry_client
     rc.push_image(shop, ["feature-a", "feature-b", "warm-up"], content="old")
-    client = make_client()
-    client.delete_tag(shop, "warm-up")
-    put = client._put_tombstone
+    proxy = FaultProxy(gitlab_stack.registry.url)  # the client talks to the registry through it
+    client = reg.Registry(proxy.url, username="anyone", password=gitlab.token, timeout=10, backoff=0.01)
     fresh = {}
-
-    def put_then_ci_pushes(repo, tag, config, annotation=None):
-        digest = put(repo, tag, config, annotation)
-        if tag == "feature-a":  # CI pushes feature-a again between its overwrite and the DELETE
-            fresh["digest"] = rc.push_image(shop, ["feature-a"], content="new")
-        return digest
-
-    monkeypatch.setattr(client, "_put_tombstone", put_then_ci_pushes)
-    client.delete_tags(shop, ["feature-a", "feature-b"])
+    try:
+        client.delete_tag(shop, "warm-up")
+        # The tombstone's DELETE is held at the proxy; meanwhile CI pushes feature-a again, after its
+        # overwrite (both tags are on the tombstone once feature-b's PUT is answered).
+        hold = 3.0
+        proxy.inject_fault("DELETE", TOMBSTONE, delay=hold)
+        deleting = threading.Thread(target=client.delete_tags, args=(shop, ["feature-a", "feature-b"]))
+        deleting.start()
+        overwritten = ("PUT", f"/v2/{shop}/manifests/feature-b", 201)
+        deadline = time.monotonic() + 30
+        while overwritten not in proxy.requests and deleting.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        fresh["digest"] = rc.push_image(shop, ["feature-a"], content="new")
+        pushed = time.monotonic()
+        deleting.join(timeout=60)
+        held = [e for e in proxy.entries if e.method == "DELETE" and e.fault]
+        assert len(held) == 1 and pushed < held[0].arrived + hold  # the push landed while the DELETE waited
+    finally:
+        client.close()
+        proxy.stop()
     assert rc.resolve(shop, "feature-a") == fresh["digest"]
     assert rc.resolve(shop, "feature-b") is None
 
 
-def test_batches_and_nothing_written_where_nothing_exists(gitlab, make_client, shop, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(reg, "TOMBSTONE_BATCH", 4)
+def test_batches_and_nothing_written_where_nothing_exists(gitlab, make_client, shop):  # noqa: F811
     rc = gitlab.registry_client
     doomed = [f"f-{i}" for i in range(10)]
     rc.push_image(shop, doomed + ["keep"], content="ten")
-    client = make_client()
+    client = make_client(tombstone_batch=4)
     assert [r[0] for r in client.delete_tags(shop, doomed)] == ["deleted"] * 10
     assert sorted(rc.tags(shop)) == ["keep"]
     tombstone_deletes = [p for m, p, s in client.recorder.seen if m == "DELETE" and "/manifests/sha256:" in p

@@ -25,7 +25,7 @@ from rq.registry import FinishedJobRegistry
 
 from tests.support.service import ROOT, Service
 from tests.test_e2e import EARLIER, FEATURE, LAST, MERGE, MODES, assert_registry, make_shop, mode_env
-from workers import cleanup, history, jobs, rules, sweep
+from workers import cleanup, deletion, history, jobs, rules, sweep
 from workers.gitlab import GitLab
 from workers.report import Report
 from workers.common.settings import Settings
@@ -205,7 +205,7 @@ def test_a_branch_pushed_again_during_the_sweep_is_kept(gitlab, gitlab_stack, re
         job = sweep.ProjectSweep(ctx, report)
         assert job.prepare() is None                                             # the plan is made ...
         project.add_branch("feature/lost", LOST_B)                               # ... then it is pushed
-        job.store = cleanup.open_store(ctx)
+        job.store = deletion.open_store(ctx.settings, ctx.gitlab, ctx.pid)
         with ThreadPoolExecutor(2) as job.pool:
             job.decide_page(gl.get(f"/projects/{project.id}/registry/repositories")[0],
                             ["feature-lost", LOST_A, "spike-idea"])

@@ -2,26 +2,22 @@
 
 The web side only passed plain values from the delivery; here the worker asks GitLab
 what is true now (is the branch really gone? does another merge request still use it?)
-before a single tag is touched.
+before a single tag is touched. The doomed tags go through workers/deletion.py.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
 
-from workers import history, locks, pipelines, rules
+from workers import deletion, history, locks, pipelines, rules
 from workers.common import audit, metrics
-from workers.gitlab import AuthError as GitLabAuthError
-from workers.gitlab import GitLab, GitLabError, NotFound, encode
-from workers.registry import AuthError as RegistryAuthError
-from workers.registry import RegistryError
-from workers.report import Report
 from workers.common.settings import Settings
-from workers.tagstore import GitLabTags, RegistryTags, TagStore
+from workers.gitlab import GitLab, NotFound
+from workers.report import Report
+from workers.rules import Code, Reason
 
 log = logging.getLogger("tagsweeper.cleanup")
 
@@ -91,7 +87,8 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
     """Run one cleanup and return its report (a JSON-able dict).
 
     Raises CleanupIncomplete when some deletions failed transiently, GitLabError when
-    GitLab could not be asked at all, CleanupError for arguments that can never work.
+    GitLab could not be asked at all, errors.AuthError when a token is refused, CleanupError
+    for arguments that can never work.
     """
     request.validate()
     ctx = Context(gitlab, conn, settings, settings.dry_run if dry_run is None else dry_run)
@@ -133,32 +130,29 @@ def _run_locked(ctx: Context, request: Request, report: Report, trail) -> dict:
             report.add("kept", d.tag, d.reason)
     doomed = [d for d in decisions if d.delete]
     repositories = list(gitlab.registry_repositories(ctx.pid))
-    report.repositories = [r.get("path") or str(r.get("id")) for r in repositories]
+    report.repositories = [deletion.repo_path(r) for r in repositories]
     if doomed and repositories:
-        store = open_store(ctx)
+        store = deletion.open_store(settings, gitlab, ctx.pid)
         try:
-            delete_all(ctx, report, store, repositories, doomed)
+            deletion.delete_tags(store, report, repositories, doomed, dry_run=ctx.dry_run,
+                                 concurrency=settings.delete_concurrency)
         finally:
             store.close()
-            metrics.tally().add_requests("registry", store.calls() if hasattr(store, "calls") else None)
+            metrics.tally().add_requests("registry", store.calls())
 
     result = report.as_dict()
+    raise_if_incomplete(report, result, "the job")
+    return result
+
+
+def raise_if_incomplete(report: Report, result: dict, retried: str) -> None:
+    """Raise CleanupIncomplete, with the report, when some deletions failed (`retried` finishes them)."""
     failures = report.failures()
     if failures:
         first = failures[0]
         raise CleanupIncomplete(
             f"{len(failures)} tag deletion(s) failed, e.g. {first['repository']}:{first['tag']}: "
-            f"{first['reason']}; the job is retried and deletes what is left", result)
-    return result
-
-
-def open_store(ctx: Context) -> TagStore:
-    """The deletion path REGISTRY_MODE asks for."""
-    s = ctx.settings
-    if s.registry_mode == "registry":
-        return RegistryTags(username=s.registry_user, password=s.gitlab_token, registry_url=s.registry_url,
-                            timeout=s.http_timeout, pool_size=s.delete_concurrency + 2)
-    return GitLabTags(ctx.gitlab, ctx.pid)
+            f"{first['reason']}; {retried} is retried and deletes what is left", result)
 
 
 def look_again(ctx: Context, request: Request) -> str | None:
@@ -199,14 +193,15 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
     gl, pid, branch = ctx.gitlab, ctx.pid, request.branch
     record = pipelines.Record(ctx.conn, pid)
     record.sync(gl)
-    live_branches = {b["name"]: (b.get("commit") or {}).get("id", "") for b in gl.branches(pid)}
+    live_branches = gl.branch_heads(pid)
     live_branches.pop(branch, None)
-    live_tags = {t["name"]: (t.get("commit") or {}).get("id") or t.get("target", "") for t in gl.git_tags(pid)}
+    live_tags = gl.tag_commits(pid)
 
     pinned: dict[str, str] = {}
     default = ctx.project.get("default_branch") or request.default_branch
     if default and default in live_branches:
-        pinned[live_branches[default]] = f"commit is the head of the default branch {default!r}"
+        pinned[live_branches[default]] = Reason(Code.DEFAULT_BRANCH_HEAD,
+                                                f"commit is the head of the default branch {default!r}")
     target_pid = request.target_project_id or pid
     if request.target_branch:
         if target_pid == pid:
@@ -214,7 +209,8 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
         else:
             head = ((gl.branch(target_pid, request.target_branch) or {}).get("commit") or {}).get("id")
         if head:
-            pinned.setdefault(head, f"commit is the head of the target branch {request.target_branch!r}")
+            pinned.setdefault(head, Reason(Code.TARGET_BRANCH_HEAD,
+                                           f"commit is the head of the target branch {request.target_branch!r}"))
 
     # The merge requests GitLab knows: the branch's own (every state) and every open one.
     mrs: dict[int, rules.MergeRequest] = {}
@@ -229,12 +225,12 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
         if mr.own and mr.source_branch != branch:
             open_sources.add(mr.source_branch)
         if mr.sha:
-            pinned.setdefault(mr.sha, f"commit is the head of open merge request !{mr.iid}")
+            pinned.setdefault(mr.sha, Reason(Code.OPEN_MR_COMMIT,
+                                             f"commit is the head of open merge request !{mr.iid}"))
     merged = list(mrs.values())
     if request.mr_iid is not None and target_pid != pid:  # a fork's merge request lives in the target
         try:
-            merged.append(rules.MergeRequest.from_api(gl.get(
-                f"/projects/{encode(target_pid)}/merge_requests/{int(request.mr_iid)}"), pid))
+            merged.append(rules.MergeRequest.from_api(gl.merge_request(target_pid, request.mr_iid), pid))
         except NotFound:
             pass
     if target_pid == pid:  # a fork's fast-forward head is upstream's commit, not the fork's
@@ -282,7 +278,8 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
     return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
                        live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
                        other_refs=other_refs,
-                       open_sources={name: f"tag of the source branch {name!r} of an open merge request"
+                       open_sources={name: Reason(Code.OPEN_MR_SOURCE,
+                                                  f"tag of the source branch {name!r} of an open merge request")
                                      for name in sorted(open_sources - set(live_branches))})
 
 
@@ -297,13 +294,13 @@ def contained_elsewhere(ctx: Context, branch: str, shas: list[str]) -> dict[str,
     pinned: dict[str, str] = {}
     for i, sha in enumerate(shas):
         if i >= MAX_REF_LOOKUPS:
-            pinned[sha] = "not checked against live refs (more than MAX_REF_LOOKUPS commits)"
+            pinned[sha] = Reason(Code.NOT_CHECKED, "not checked against live refs (more than MAX_REF_LOOKUPS commits)")
             continue
         refs = ctx.gitlab.commit_refs(ctx.pid, sha) or []
         live = [(kind, name) for kind, name in refs if not (kind == "branch" and name == branch)]
         if live:
             kind, name = live[0]
-            pinned[sha] = f"commit is on live {kind} {name!r}"
+            pinned[sha] = Reason(Code.ON_LIVE_REF, f"commit is on live {kind} {name!r}")
     return pinned
 
 
@@ -321,74 +318,3 @@ def merge_request_shas(ctx: Context, request: Request, target_pid: int | str, ow
         except NotFound:
             log.info("merge request not found", extra={"project_id": project, "mr_iid": iid})
     return {s for s in shas if rules.is_sha(s)}
-
-
-def delete_all(ctx: Context, report: Report, store: TagStore, repositories: list[dict],
-               doomed: list[rules.Decision]) -> None:
-    """Delete (or, in a dry run, look up) every doomed tag in every repository, a few at a time."""
-    # Tag-major order: neighbouring items hit different repositories, which can proceed in parallel.
-    jobs = [(repo, d) for d in doomed for repo in repositories]
-
-    def record(path: str, decision: rules.Decision, outcome: str, digest: str | None) -> None:
-        if outcome == "deleted":
-            report.add("deleted", decision.tag, decision.reason, path, digest)
-        elif outcome == "absent":
-            report.add("absent", decision.tag, "no such tag in this repository", path)
-        elif outcome == "changed":
-            report.add("kept", decision.tag, "the tag was pushed again since the plan saw it: in use", path,
-                       digest)
-        else:
-            report.add("kept", decision.tag, "GitLab refused the delete (403): a protection rule covers it",
-                       path)
-
-    batched = getattr(store, "delete_many", None)
-    if batched is not None and not ctx.dry_run:
-        # Registry mode: one call per repository (repositories in parallel) resolves each tag once,
-        # right before rewriting it, and deletes the rewritten tags together (workers/registry.py).
-        def per_repo(repo: dict) -> None:
-            path = repo.get("path") or str(repo.get("id"))
-            try:
-                results = batched(repo, [d.tag for d in doomed])
-            except (GitLabAuthError, RegistryAuthError):
-                raise
-            except (GitLabError, RegistryError) as exc:
-                results = [exc] * len(doomed)
-            for decision, result in zip(doomed, results):
-                if isinstance(result, Exception):
-                    report.add("failed", decision.tag, str(result), path)
-                else:
-                    record(path, decision, *result)
-
-        lanes = max(1, min(ctx.settings.delete_concurrency, len(repositories)))
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="delete") as pool:
-            list(pool.map(per_repo, repositories))
-        return
-
-    def one(item: tuple[dict, rules.Decision]) -> None:
-        repo, decision = item
-        path = repo.get("path") or str(repo.get("id"))
-        try:
-            digest = None
-            if ctx.dry_run or store.resolves_first:
-                digest = store.find(repo, decision.tag)
-                if digest is None:
-                    report.add("absent", decision.tag, "no such tag in this repository", path)
-                    return
-                if ctx.dry_run:
-                    report.add("would_delete", decision.tag, decision.reason, path, digest or None)
-                    return
-            outcome, digest = store.delete(repo, decision.tag, expected=digest)
-        except (GitLabAuthError, RegistryAuthError):
-            raise  # a refused token fails the whole job at once: retrying won't fix it
-        except (GitLabError, RegistryError) as exc:
-            report.add("failed", decision.tag, str(exc), path)
-            return
-        record(path, decision, outcome, digest)
-
-    workers = max(1, min(ctx.settings.delete_concurrency, len(jobs)))
-    if workers == 1:
-        for item in jobs:
-            one(item)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delete") as pool:
-        list(pool.map(one, jobs))

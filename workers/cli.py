@@ -147,7 +147,6 @@ COMMAND_MODULES: list[str] = [
     "workers.registration",
     "workers.common.audit",
     "workers.operations",
-    "workers.sweep",
 ]
 
 

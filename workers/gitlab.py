@@ -1,4 +1,4 @@
-"""The GitLab REST API client: one request path, one small exception tree, a timeout on every call.
+"""The GitLab REST API client: one request path, a timeout on every call, every endpoint the service uses.
 
 Transient answers (429, 5xx, dropped connections, timeouts) are retried (workers/http.py)
 with exponential backoff that honours `Retry-After`; what still fails raises
@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import requests
 
-from workers.common.errors import ServiceError
+from workers.common import errors
 from workers.http import TRANSIENT_STATUSES, Client, retry_after_seconds
 
 __all__ = ["TRANSIENT_STATUSES", "retry_after_seconds"]  # re-exported: GitLab's names for them
@@ -22,11 +22,11 @@ __all__ = ["TRANSIENT_STATUSES", "retry_after_seconds"]  # re-exported: GitLab's
 log = logging.getLogger("tagsweeper.gitlab")
 
 
-class GitLabError(ServiceError):
+class GitLabError(errors.ServiceError):
     """Base of every error talking to GitLab."""
 
 
-class AuthError(GitLabError):
+class AuthError(GitLabError, errors.AuthError):
     """The token was refused (401) or lacks a permission (403 on something other than a tag)."""
 
 
@@ -34,15 +34,11 @@ class NotFound(GitLabError):
     """404: the project, branch, repository or tag does not exist (or the token cannot see it)."""
 
 
-class Forbidden(GitLabError):
-    """403 where GitLab means 'not allowed for this object' (a protected tag rule)."""
-
-
-class TransientError(GitLabError):
+class TransientError(GitLabError, errors.TransientError):
     """GitLab kept answering 429/5xx or did not answer; worth retrying later."""
 
 
-class BadResponse(GitLabError):
+class BadResponse(GitLabError, errors.BadResponse):
     """An answer the client cannot use (unexpected status or not JSON)."""
 
 
@@ -91,12 +87,16 @@ class GitLab(Client):
         raise BadResponse(f"{what}: unexpected HTTP {status}: {_message(response)}", status)
 
     def get(self, path: str, params: dict | None = None) -> Any:
+        """The JSON of a GET; 404 raises NotFound, 403 AuthError."""
+        return self._get(path, params)[0]
+
+    def _get(self, path: str, params: dict | None) -> tuple[Any, requests.Response]:
         response = self.request("GET", path, params=params)
         if response.status_code == 404:
             raise NotFound(f"GET {path}: {_message(response)}", 404)
         if response.status_code == 403:
             raise forbidden(f"GET {path}", response)
-        return _json(response, path)
+        return _json(response, path), response
 
     def page(self, path: str, params: dict | None = None) -> list:
         """One page of a list endpoint, as asked (`page`, `per_page` and filters in `params`)."""
@@ -106,20 +106,22 @@ class GitLab(Client):
         """Yield every item of a list endpoint, page by page (X-Next-Page), never all at once."""
         query = dict(params or {}, per_page=per_page, page=1)
         while True:
-            items, response = self._list(path, query)
+            items, following = self.page_and_next(path, query)
             yield from items
-            next_page = response.headers.get("X-Next-Page", "").strip()
-            if not next_page or not items:
+            if following is None:
                 return
-            query["page"] = int(next_page)
+            query["page"] = following
+
+    def page_and_next(self, path: str, params: dict | None) -> tuple[list, int | None]:
+        """One page of a list endpoint and the number of the next one (None: this was the last)."""
+        items, response = self._list(path, params)
+        following = response.headers.get("X-Next-Page", "").strip()
+        if following and not following.isdigit():
+            raise BadResponse(f"GET {path}: X-Next-Page is not a page number: {following[:20]!r}")
+        return items, (int(following) if following and items else None)
 
     def _list(self, path: str, params: dict | None) -> tuple[list, requests.Response]:
-        response = self.request("GET", path, params=params)
-        if response.status_code == 404:
-            raise NotFound(f"GET {path}: {_message(response)}", 404)
-        if response.status_code == 403:
-            raise forbidden(f"GET {path}", response)
-        items = _json(response, path)
+        items, response = self._get(path, params)
         if not isinstance(items, list):
             raise BadResponse(f"GET {path}: expected a list")
         return items, response
@@ -141,8 +143,19 @@ class GitLab(Client):
     def git_tags(self, project: int | str) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/repository/tags")
 
+    def branch_heads(self, project: int | str) -> dict[str, str]:
+        """Every branch of the project: name -> the SHA of its head commit."""
+        return {b["name"]: (b.get("commit") or {}).get("id", "") for b in self.branches(project)}
+
+    def tag_commits(self, project: int | str) -> dict[str, str]:
+        """Every git tag of the project: name -> the SHA of the commit it points at."""
+        return {t["name"]: (t.get("commit") or {}).get("id") or t.get("target", "") for t in self.git_tags(project)}
+
     def merge_requests(self, project: int | str, **params: Any) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/merge_requests", params)
+
+    def merge_request(self, project: int | str, iid: int) -> dict:
+        return self.get(f"/projects/{encode(project)}/merge_requests/{int(iid)}")
 
     def merge_request_commits(self, project: int | str, iid: int) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/merge_requests/{int(iid)}/commits")
@@ -162,22 +175,35 @@ class GitLab(Client):
             yield from self.paginate(f"/projects/{encode(project)}/merge_requests",
                                      {"state": "all", "iids[]": iids[start:start + 100]})
 
+    def commit(self, project: int | str, ref: str) -> dict | None:
+        """The commit a SHA (a short one too) or ref names; None when git finds none (or more than one)."""
+        try:
+            return self.get(f"/projects/{encode(project)}/repository/commits/{encode(ref)}")
+        except NotFound:
+            return None
+
     def commit_refs(self, project: int | str, sha: str, limit: int = 100) -> list[tuple[str, str]] | None:
         """The branches and tags that contain a commit, as (type, name); None when GitLab knows no
         such commit. Only the first `limit` refs are asked for: callers need "any live ref"."""
-        path = f"/projects/{encode(project)}/repository/commits/{encode(sha)}/refs"
-        response = self.request("GET", path, params={"type": "all", "per_page": limit, "page": 1})
-        if response.status_code == 404:
+        try:
+            items = self.page(f"/projects/{encode(project)}/repository/commits/{encode(sha)}/refs",
+                              {"type": "all", "per_page": limit, "page": 1})
+        except NotFound:
             return None
-        if response.status_code == 403:
-            raise forbidden(f"GET {path}", response)
-        items = _json(response, path)
-        if not isinstance(items, list):
-            raise BadResponse(f"GET {path}: expected a list")
         return [(str(i.get("type")), str(i.get("name"))) for i in items if isinstance(i, dict)]
 
     def registry_repositories(self, project: int | str) -> Iterator[dict]:
         return self.paginate(f"/projects/{encode(project)}/registry/repositories")
+
+    def registry_tags_page(self, project: int | str, repository_id: int, page: int,
+                           per_page: int = 100) -> tuple[list[dict], int | None]:
+        """One page of a registry repository's tags and the next page's number (None: the last);
+        an empty last page when the repository is gone."""
+        try:
+            return self.page_and_next(f"/projects/{encode(project)}/registry/repositories/"
+                                      f"{int(repository_id)}/tags", {"page": page, "per_page": per_page})
+        except NotFound:
+            return [], None
 
     def registry_tag(self, project: int | str, repository_id: int, tag: str) -> dict | None:
         try:
@@ -225,6 +251,11 @@ class GitLab(Client):
 
     def group(self, group: int | str) -> dict:
         return self.get(f"/groups/{encode(group)}")
+
+    def group_projects(self, group: int | str) -> Iterator[dict]:
+        """Every project of a group and of its subgroups (not those shared with it)."""
+        return self.paginate(f"/groups/{encode(group)}/projects",
+                             {"include_subgroups": "true", "with_shared": "false"})
 
     @staticmethod
     def _hooks_path(kind: str, owner: int | str) -> str:

@@ -9,8 +9,9 @@ Three views of the same facts, all with a TTL so they fade out:
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import redis
 
@@ -55,6 +56,15 @@ def branch_shas(conn: redis.Redis, *, project_id: int, branch: str) -> list[str]
     """SHAs remembered for a branch's pipelines, oldest first."""
     return [s.decode() if isinstance(s, bytes) else s
             for s in conn.zrange(_ref_key(project_id, "branch", branch), 0, -1)]
+
+
+def remembered_branches(conn: redis.Redis, project_id: int) -> Iterator[str]:
+    """Every branch whose pipelines are remembered (SCAN over the per-ref keys)."""
+    prefix = _ref_key(project_id, "branch", "")
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+    for key in conn.scan_iter(match=pattern, count=1000):
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        yield name[len(prefix):]
 
 
 def refs_of(conn: redis.Redis, *, project_id: int, shas: Iterable[str]) -> dict[str, frozenset[str]]:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import requests
 
-from workers.common.errors import ServiceError
+from workers.common import errors
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -38,7 +38,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 class Client:
     """What a service's client is built on; subclasses set the names their messages use."""
 
-    transient_error: type[ServiceError] = ServiceError
+    transient_error: type[errors.TransientError] = errors.TransientError
     log: logging.Logger = logging.getLogger("tagsweeper")
     log_message = "call failed"  # the warning logged for each failed attempt
     asked = "asked"  # "<what>: <asked> to retry after …": who asked, when a client names it

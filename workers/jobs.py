@@ -14,10 +14,9 @@ import redis
 from rq import get_current_job
 
 from workers import cleanup, history, rules, sweep
-from workers.common import metrics
-from workers.gitlab import AuthError, GitLab
-from workers.registry import AuthError as RegistryAuthError
+from workers.common import errors, metrics
 from workers.common.settings import ConfigError, Settings
+from workers.gitlab import GitLab
 
 log = logging.getLogger("tagsweeper.jobs")
 
@@ -96,7 +95,7 @@ def _failing_well(what: str, invalid: type[Exception], **fields: object) -> Iter
     except cleanup.CleanupIncomplete as exc:
         _keep_report(exc.report)
         raise
-    except (ConfigError, invalid, AuthError, RegistryAuthError) as exc:
+    except (ConfigError, invalid, errors.AuthError) as exc:
         # A bad setting, bad arguments or a refused token: fail now, and say what to fix.
         _no_retry()
         log.error(f"{what} failed permanently", extra={**fields, "error": str(exc)})

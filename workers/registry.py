@@ -15,8 +15,8 @@ can share.
 
 Built like workers/gitlab.py on workers/http.py: one requests.Session, a timeout on
 every call, transient answers (429, 5xx, dropped connections, timeouts) retried with
-exponential backoff that honours `Retry-After`, and a small exception tree. Credentials and tokens never
-appear in log lines or exception messages.
+exponential backoff that honours `Retry-After`; its errors are the shared kinds of
+workers/common/errors.py. Credentials and tokens never appear in log lines or exception messages.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from workers.common.errors import ServiceError
+from workers.common import errors
 from workers.http import Client
 
 log = logging.getLogger("tagsweeper.registry")
@@ -59,6 +59,7 @@ NO_SUCH_DIGEST = "sha256:" + "0" * 64
 # delete_tags: tags of one repository overwritten with one shared tombstone, then deleted together by
 # one DELETE (on distribution 2.8 that DELETE scans every tag of the repository, so fewer is better).
 # Bounds how long doomed tags point at a tombstone before it goes: a few seconds at most.
+# The default of Registry's `tombstone_batch`.
 TOMBSTONE_BATCH = 500
 
 # distribution's reference grammar. A tag can never look like a digest ("sha256:..."),
@@ -71,19 +72,19 @@ DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[A-Za-z0-9=_-]{32,}")
 DEFAULT_TOKEN_TTL = 60.0  # what the token spec says to assume when expires_in is absent
 
 
-class RegistryError(ServiceError):
+class RegistryError(errors.ServiceError):
     """Base of every error talking to a container registry or its token service."""
 
 
-class AuthError(RegistryError):
+class AuthError(RegistryError, errors.AuthError):
     """The token service refused the credentials, or the registry refused the token twice."""
 
 
-class TransientError(RegistryError):
+class TransientError(RegistryError, errors.TransientError):
     """The registry or token service kept answering 429/5xx or did not answer; retry later."""
 
 
-class BadResponse(RegistryError):
+class BadResponse(RegistryError, errors.BadResponse):
     """An answer the client cannot use (unexpected status, missing header, not JSON)."""
 
 
@@ -240,10 +241,12 @@ class Registry(Client):
 
     def __init__(self, base_url: str, *, username: str, password: str, timeout: float = 30.0,
                  attempts: int = 4, backoff: float = 0.5, max_wait: float = 60.0, pool_size: int = 10,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 tombstone_batch: int = TOMBSTONE_BATCH):
         super().__init__(timeout=timeout, attempts=attempts, backoff=backoff, max_wait=max_wait,
                          pool_size=pool_size, sleep=sleep, headers={})
         self.base_url = base_url.rstrip("/")
+        self.tombstone_batch = max(1, int(tombstone_batch))  # tags under one tombstone (delete_tags)
         self._origin = urlsplit(self.base_url)[:2]
         self._credentials = (username, password)
         self.username = username
@@ -485,7 +488,7 @@ class Registry(Client):
         Each tag is resolved once, immediately before it is rewritten (the caller does not
         resolve it first): that HEAD is both the plan's look and the look before the overwrite.
         The OCI way costs HEAD + DELETE per tag. The tombstone fallback writes ONE tombstone
-        (random, so no other tag can ever point at it) onto up to TOMBSTONE_BATCH tags, each
+        (random, so no other tag can ever point at it) onto up to `tombstone_batch` tags, each
         with its own HEAD then PUT with nothing in between, then DELETEs that tombstone's digest
         once, which removes exactly the tags that still point at it: about two requests per tag
         instead of three. A tag pushed again between its PUT and the DELETE keeps the new push.
@@ -525,8 +528,8 @@ class Registry(Client):
             except RegistryError as exc:
                 results[i] = exc
             pending.pop(0)
-        for start in range(0, len(pending), TOMBSTONE_BATCH):
-            chunk = pending[start:start + TOMBSTONE_BATCH]
+        for start in range(0, len(pending), self.tombstone_batch):
+            chunk = pending[start:start + self.tombstone_batch]
             for i, result in zip(chunk, self._delete_by_shared_tombstone(repo, [tags[i] for i in chunk])):
                 results[i] = result
         return results

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from workers.rules import code_of
+
 log = logging.getLogger("tagsweeper.decisions")
 
 # deleted: gone now; would_delete: dry run; absent: nothing by that name in that repository;
@@ -36,8 +38,10 @@ class Report:
 
     def add(self, outcome: str, tag: str, reason: str, repository: str | None = None,
             digest: str | None = None) -> None:
+        """Record one decision. `reason` is a rules.Reason: the entry keeps its text and its code."""
         assert outcome in OUTCOMES, outcome
-        entry = {"repository": repository, "tag": tag, "decision": outcome, "reason": reason}
+        entry = {"repository": repository, "tag": tag, "decision": outcome, "reason": str(reason),
+                 "code": code_of(reason)}
         if digest:
             entry["digest"] = digest
         with self._lock:

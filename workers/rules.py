@@ -35,6 +35,78 @@ class RuleError(ValueError):
     """A template, pattern or name that the rules cannot work with."""
 
 
+# --- reasons: the text people read, and a code that stays when the text is reworded -------------
+
+class Code:
+    """Reason codes: stable names for why a tag is kept, deleted or left unclear. Metrics count
+    decisions by code (workers/common/metrics.py REASON_KINDS), never by a reason's wording."""
+
+    # Kept by a rule.
+    INVALID_TAG = "invalid_tag"                  # not a valid Docker tag
+    PROTECTED = "protected"                      # PROTECTED_TAGS
+    DEFAULT_BRANCH_TAG = "default_branch_tag"    # the default branch's own tag
+    DEFAULT_BRANCH_HEAD = "default_branch_head"  # the default branch's head commit
+    TARGET_BRANCH_HEAD = "target_branch_head"    # the merge request's target branch's head commit
+    LIVE_BRANCH_TAG = "live_branch_tag"          # another live branch renders the same tag
+    LIVE_BRANCH_HEAD = "live_branch_head"        # a live branch's head commit
+    GIT_TAG_IMAGE = "git_tag_image"              # a git tag's pipelines push this name
+    GIT_TAG_COMMIT = "git_tag_commit"            # the commit is tagged
+    GIT_TAG_BUILD = "git_tag_build"              # the sweep: built by a git tag's pipelines (a release)
+    FAST_FORWARD = "fast_forward"                # fast-forward merged: the target's commit now
+    OPEN_MR_COMMIT = "open_mr_commit"            # a commit of an open merge request
+    OPEN_MR_SOURCE = "open_mr_source"            # the source branch of an open merge request
+    SHA_LIKE = "sha_like"                        # a branch tag shaped like a commit's SHA tag
+    OTHER_REF = "other_ref"                      # the commit was also built on a live ref
+    ON_LIVE_REF = "on_live_ref"                  # a live branch or tag contains the commit
+    NOT_CHECKED = "not_checked"                  # past MAX_REF_LOOKUPS: kept unasked
+    EXISTS_AGAIN = "exists_again"                # the sweep: the dead branch was pushed again
+    # Unclear (the sweep keeps and reports them).
+    NO_KNOWN_OWNER = "no_known_owner"
+    SHORT_SHA_UNRESOLVED = "short_sha_unresolved"
+    SHORT_SHA_AMBIGUOUS = "short_sha_ambiguous"
+    UNKNOWN_COMMIT = "unknown_commit"
+    # Deleted (owned).
+    OWNED = "owned"                              # an event cleanup: the branch's own tag
+    DEAD_BRANCH_TAG = "dead_branch_tag"          # the sweep: a dead branch's tag
+    DEAD_SHORT_SHA = "dead_short_sha"            # every commit of a short SHA was dead refs' only
+    BUILT_ON_DEAD = "built_on_dead"              # the commit was built only on dead branches
+    ON_NO_REF = "on_no_ref"                      # the commit is on no branch or tag
+    # What a deletion found (workers/deletion.py).
+    ABSENT = "absent"                            # no such tag in that repository
+    CHANGED = "changed"                          # pushed again since the plan saw it
+    FORBIDDEN = "forbidden"                      # GitLab refused the delete (403)
+    TRANSIENT = "transient"                      # failed: the service kept failing (retried later)
+    ERROR = "error"                              # failed otherwise
+    # A reason given as a plain string (none of the above).
+    OTHER = "other"
+
+
+REASON_CODES = frozenset(value for name, value in vars(Code).items() if name.isupper())
+
+
+class Reason(str):
+    """A reason: the text people read (the string itself) and `code`, one of Code's.
+
+    Anywhere a reason is a plain string (a test's facts, say) its code is Code.OTHER."""
+
+    code: str
+
+    def __new__(cls, code: str, text: str) -> "Reason":
+        if code not in REASON_CODES:
+            raise ValueError(f"unknown reason code {code!r}")
+        self = super().__new__(cls, text)
+        self.code = code
+        return self
+
+    def __reduce__(self):
+        return Reason, (self.code, str(self))
+
+
+def code_of(reason: str) -> str:
+    """The code of a reason; Code.OTHER for a plain string."""
+    return getattr(reason, "code", Code.OTHER)
+
+
 def ref_slug(ref: str) -> str:
     """GitLab's CI_COMMIT_REF_SLUG: lower-case, non-alphanumerics to '-', 63 chars, trim '-'."""
     slug = re.sub(r"[^a-z0-9]", "-", ref.lower())[:63]
@@ -158,7 +230,7 @@ def fast_forward_head(mr: MergeRequest) -> str | None:
     return mr.sha
 
 
-def fast_forward_pins(mrs: Iterable[MergeRequest], live_branches: Iterable[str]) -> dict[str, str]:
+def fast_forward_pins(mrs: Iterable[MergeRequest], live_branches: Iterable[str]) -> dict[str, Reason]:
     """The heads of this project's fast-forward merges into branches that live: their target's
     commits now (fast_forward_head), kept whatever pipelines did or did not run on them yet."""
     live = set(live_branches)
@@ -166,8 +238,9 @@ def fast_forward_pins(mrs: Iterable[MergeRequest], live_branches: Iterable[str])
     for mr in mrs:
         head = fast_forward_head(mr)
         if head and mr.own and mr.target_branch in live:
-            pins.setdefault(head, f"commit was fast-forward merged into {mr.target_branch!r} "
-                                  f"(merge request !{mr.iid}): it is that branch's commit now")
+            pins.setdefault(head, Reason(Code.FAST_FORWARD,
+                                         f"commit was fast-forward merged into {mr.target_branch!r} "
+                                         f"(merge request !{mr.iid}): it is that branch's commit now"))
     return pins
 
 
@@ -205,12 +278,16 @@ def label_is_live(label: str, live_branches: Iterable[str], tag_refs: Iterable[s
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one tag name, and why."""
+    """What to do with one tag name, and why (a Reason: its text and its code)."""
 
     tag: str
     delete: bool
     reason: str
     kind: str  # "branch" (rendered from the branch name) or "commit" (from a SHA)
+
+    @property
+    def code(self) -> str:
+        return code_of(self.reason)
 
 
 @dataclass(frozen=True)
@@ -220,6 +297,7 @@ class Facts:
     live_branches: every branch that exists now (name -> head SHA), the cleaned one excluded.
     live_tags: git tags (name -> SHA).
     pinned_shas: SHAs that must keep their tags, with the reason (head of the target branch, ...).
+        Here and in open_sources, a reason is a Reason (its code counted by metrics) or a plain string.
     other_refs: for SHAs of the branch, the other live refs a pipeline built them on.
     open_sources: deleted source branches of open merge requests -> why: their images are in use.
     """
@@ -256,7 +334,7 @@ def owned_candidates(facts: Facts, policy: Policy) -> dict[str, str]:
 
 
 def live_owners(facts: Facts, policy: Policy) -> dict[str, str]:
-    """Tag names that some live ref may own: name -> why it is kept."""
+    """Tag names that some live ref may own: name -> why it is kept (a Reason)."""
     owners: dict[str, str] = {}
 
     def claim(names: Iterable[str], why: str) -> None:
@@ -265,7 +343,7 @@ def live_owners(facts: Facts, policy: Policy) -> dict[str, str]:
 
     if facts.default_branch:
         claim(branch_tags(facts.default_branch, policy.branch_templates),
-              f"tag of the default branch {facts.default_branch!r}")
+              Reason(Code.DEFAULT_BRANCH_TAG, f"tag of the default branch {facts.default_branch!r}"))
     for sha, why in facts.pinned_shas.items():
         claim(commit_tags(sha, policy.commit_templates), why)
     for name, why in facts.open_sources.items():
@@ -274,21 +352,27 @@ def live_owners(facts: Facts, policy: Policy) -> dict[str, str]:
     for name, sha in facts.live_branches.items():
         if name == facts.branch:
             continue
-        claim(branch_tags(name, policy.branch_templates), f"also the tag of live branch {name!r}")
+        claim(branch_tags(name, policy.branch_templates), Reason(Code.LIVE_BRANCH_TAG,
+                                                                  f"also the tag of live branch {name!r}"))
         if is_sha(sha):
-            claim(commit_tags(sha, policy.commit_templates), f"commit is the head of live branch {name!r}")
+            claim(commit_tags(sha, policy.commit_templates),
+                  Reason(Code.LIVE_BRANCH_HEAD, f"commit is the head of live branch {name!r}"))
     for name, sha in facts.live_tags.items():
         # A tag pipeline pushes the git tag's name (or its slug): `release-1-2` next to `release/1.2`.
         claim(({name} if is_docker_tag(name) else set()) | branch_tags(name, policy.branch_templates),
-              f"image of git tag {name!r}")
+              Reason(Code.GIT_TAG_IMAGE, f"image of git tag {name!r}"))
         if is_sha(sha):
-            claim(commit_tags(sha, policy.commit_templates), f"commit is tagged {name!r}")
+            claim(commit_tags(sha, policy.commit_templates), Reason(Code.GIT_TAG_COMMIT, f"commit is tagged {name!r}"))
     for sha, refs in facts.other_refs.items():
         others = sorted(r for r in refs if r != f"branch:{facts.branch}")
         if others and is_sha(sha):
             claim(commit_tags(sha, policy.commit_templates),
-                  f"commit was also built on {', '.join(others[:3])}")
+                  Reason(Code.OTHER_REF, f"commit was also built on {', '.join(others[:3])}"))
     return owners
+
+
+NOT_A_DOCKER_TAG = Reason(Code.INVALID_TAG, "not a valid Docker tag")
+PROTECTED = Reason(Code.PROTECTED, "protected by PROTECTED_TAGS")
 
 
 def plan(facts: Facts, policy: Policy) -> list[Decision]:
@@ -299,16 +383,17 @@ def plan(facts: Facts, policy: Policy) -> list[Decision]:
     decisions = []
     for name, kind in sorted(owned_candidates(facts, policy).items()):
         if not is_docker_tag(name):
-            decisions.append(Decision(name, False, "not a valid Docker tag", kind))
+            decisions.append(Decision(name, False, NOT_A_DOCKER_TAG, kind))
         elif policy.protected.fullmatch(name):
-            decisions.append(Decision(name, False, "protected by PROTECTED_TAGS", kind))
+            decisions.append(Decision(name, False, PROTECTED, kind))
         elif name in owners:
             decisions.append(Decision(name, False, owners[name], kind))
         elif kind == "branch" and SHA_LIKE_RE.fullmatch(name) and name not in own_commit_tags:
             # A branch named `cafebabe` or `20240115`: another ref's commit may carry that short SHA.
-            decisions.append(Decision(name, False, "looks like a commit SHA another ref may have pushed", kind))
+            decisions.append(Decision(name, False, Reason(
+                Code.SHA_LIKE, "looks like a commit SHA another ref may have pushed"), kind))
         else:
-            decisions.append(Decision(name, True, f"owned by branch {facts.branch!r}", kind))
+            decisions.append(Decision(name, True, Reason(Code.OWNED, f"owned by branch {facts.branch!r}"), kind))
     return decisions
 
 
@@ -387,13 +472,17 @@ class SweepVerdict:
 
     tag: str
     action: str  # one of SWEEP_ACTIONS
-    reason: str
+    reason: str  # a Reason: its text and its code
     kind: str  # "branch", "commit" or "other"
     branches: tuple[str, ...] = ()
 
     @property
     def delete(self) -> bool:
         return self.action == "delete"
+
+    @property
+    def code(self) -> str:
+        return code_of(self.reason)
 
     def decision(self) -> Decision:
         return Decision(self.tag, self.delete, self.reason, self.kind)
@@ -410,7 +499,7 @@ def sweep_index(facts: SweepFacts, policy: Policy) -> SweepIndex:
             owners.setdefault(tag, why)
     for name in facts.live_tags:  # a tag pipeline pushes its ref's slug: release-1-2 for release/1.2
         for tag in branch_tags(name, policy.branch_templates) | ({name} if is_docker_tag(name) else set()):
-            owners.setdefault(tag, f"image of git tag {name!r}")
+            owners.setdefault(tag, Reason(Code.GIT_TAG_IMAGE, f"image of git tag {name!r}"))
     live = set(facts.live_branches) | set(facts.open_sources)
     if facts.default_branch:
         live.add(facts.default_branch)
@@ -467,9 +556,9 @@ def parse_commit_tag(name: str, templates: Iterable[str]) -> CommitRef | None:
 def sweep_tag(name: str, index: SweepIndex, policy: Policy) -> SweepVerdict | CommitRef:
     """Decide a tag from its name alone, or return the commit it names when that needs looking up."""
     if not is_docker_tag(name):
-        return SweepVerdict(name, "keep", "not a valid Docker tag", "other")
+        return SweepVerdict(name, "keep", NOT_A_DOCKER_TAG, "other")
     if policy.protected.fullmatch(name):
-        return SweepVerdict(name, "keep", "protected by PROTECTED_TAGS", "other")
+        return SweepVerdict(name, "keep", PROTECTED, "other")
     if name in index.owners:
         return SweepVerdict(name, "keep", index.owners[name], "other")
     # Before the dead-branch tags: a branch named `cafebabe` must not take a commit's short SHA tag.
@@ -478,9 +567,11 @@ def sweep_tag(name: str, index: SweepIndex, policy: Policy) -> SweepVerdict | Co
         return ref
     if name in index.dead_tags:
         branch, how = index.dead_tags[name]
-        return SweepVerdict(name, "delete", f"owned by dead branch {branch!r} (known from {how})", "branch",
-                            (branch,))
-    return SweepVerdict(name, "unclear", "matches no live branch and no branch known to have existed",
+        return SweepVerdict(name, "delete", Reason(Code.DEAD_BRANCH_TAG,
+                                                   f"owned by dead branch {branch!r} (known from {how})"),
+                            "branch", (branch,))
+    return SweepVerdict(name, "unclear", Reason(Code.NO_KNOWN_OWNER,
+                                                "matches no live branch and no branch known to have existed"),
                         "other")
 
 
@@ -495,7 +586,9 @@ def sweep_commit(ref: CommitRef, facts: CommitFacts, index: SweepIndex, policy: 
         return _sweep_sha(tag, ref.value, facts, index, policy)
     candidates = sorted(facts.candidates.get(ref.value, frozenset()))
     if not candidates:
-        return SweepVerdict(tag, "unclear", "short SHA resolves to no single commit in the repository", "commit")
+        return SweepVerdict(tag, "unclear", Reason(Code.SHORT_SHA_UNRESOLVED,
+                                                   "short SHA resolves to no single commit in the repository"),
+                            "commit")
     if len(candidates) == 1:
         return _sweep_sha(tag, candidates[0], facts, index, policy)
     verdicts = [_sweep_sha(tag, sha, facts, index, policy) for sha in candidates]
@@ -505,9 +598,10 @@ def sweep_commit(ref: CommitRef, facts: CommitFacts, index: SweepIndex, policy: 
     shown = ", ".join(c[:12] for c in candidates[:3])
     if all(v.action == "delete" for v in verdicts):
         branches = tuple(sorted({b for v in verdicts for b in v.branches}))
-        return SweepVerdict(tag, "delete", f"short SHA of {len(candidates)} commits ({shown}), each built only "
-                                           "on dead refs", "commit", branches)
-    return SweepVerdict(tag, "unclear", f"short SHA is ambiguous: {shown}", "commit")
+        return SweepVerdict(tag, "delete", Reason(Code.DEAD_SHORT_SHA, f"short SHA of {len(candidates)} commits "
+                                                                       f"({shown}), each built only on dead refs"),
+                            "commit", branches)
+    return SweepVerdict(tag, "unclear", Reason(Code.SHORT_SHA_AMBIGUOUS, f"short SHA is ambiguous: {shown}"), "commit")
 
 
 def _sweep_sha(tag: str, sha: str, facts: CommitFacts, index: SweepIndex, policy: Policy) -> SweepVerdict:
@@ -519,14 +613,18 @@ def _sweep_sha(tag: str, sha: str, facts: CommitFacts, index: SweepIndex, policy
     if built:
         live = sorted(r for r in built if index.is_live_ref(r))
         if live:
-            return SweepVerdict(tag, "keep", f"commit was also built on {', '.join(live[:3])}", "commit")
+            return SweepVerdict(tag, "keep", Reason(Code.OTHER_REF, f"commit was also built on {', '.join(live[:3])}"),
+                                "commit")
         dead = tuple(sorted(r.split(":", 1)[1] for r in built if r.startswith("branch:")))
         names = ", ".join(repr(b) for b in dead[:3]) or "closed merge requests of forks"
-        return SweepVerdict(tag, "delete", f"commit was built only on dead branch(es) {names}", "commit", dead)
+        return SweepVerdict(tag, "delete", Reason(Code.BUILT_ON_DEAD, "commit was built only on dead "
+                                                                      f"branch(es) {names}"), "commit", dead)
     if sha not in facts.git_refs or facts.git_refs[sha] is None:
-        return SweepVerdict(tag, "unclear", "commit unknown to GitLab and to pipeline memory", "commit")
+        return SweepVerdict(tag, "unclear", Reason(Code.UNKNOWN_COMMIT, "commit unknown to GitLab and to pipeline "
+                                                                        "memory"), "commit")
     refs = facts.git_refs[sha]
     if refs:
-        return SweepVerdict(tag, "keep", f"commit is on {', '.join(sorted(refs)[:3])}", "commit")
-    return SweepVerdict(tag, "delete", "commit is on no branch or tag (and no pipeline is remembered for it)",
-                        "commit")
+        return SweepVerdict(tag, "keep", Reason(Code.ON_LIVE_REF, f"commit is on {', '.join(sorted(refs)[:3])}"),
+                            "commit")
+    return SweepVerdict(tag, "delete", Reason(Code.ON_NO_REF, "commit is on no branch or tag (and no pipeline is "
+                                                             "remembered for it)"), "commit")

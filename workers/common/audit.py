@@ -98,14 +98,14 @@ def _text(value: bytes | str) -> str:
 def _add(pipe: Any, entry: Mapping[str, Any], secrets: Iterable[str], limit: int) -> None:
     entry = dict(entry)
     entry.setdefault("time", time.time())
-    entry.setdefault("reason_kind", metrics.reason_kind(entry.get("decision") or "", entry.get("reason")))
+    entry.setdefault("reason_kind", metrics.reason_kind(entry.get("decision") or "", entry.get("code")))
     pipe.xadd(STREAM, _encode(entry, secrets), maxlen=limit, approximate=True)
 
 
 def record(conn: redis.Redis, entry: dict, *, secrets: Iterable[str] = (), max_entries: int | None = None) -> None:
     """Append one entry (the FIELDS; None values are left out) to the trail.
 
-    `time` defaults to now and `reason_kind` to the one metrics derives from the decision.
+    `time` defaults to now and `reason_kind` to the one metrics derives from the decision and its `code`.
     Known `secrets`, and anything shaped like a token, are replaced by *** first.
     """
     limit = max_entries if max_entries is not None else parse_max_entries()
@@ -162,7 +162,7 @@ class Sink:
 
     def __call__(self, event: dict[str, Any]) -> None:
         entry = {**event, "job_id": self.job_id,
-                 "reason_kind": metrics.reason_kind(event["decision"], event.get("reason"))}
+                 "reason_kind": metrics.reason_kind(event["decision"], event.get("code"))}
         pipe = self.conn.pipeline(transaction=False)
         _add(pipe, entry, self.secrets, self.max_entries)
         metrics.incr(pipe, metrics.TAGS, decision=entry["decision"], reason_kind=entry["reason_kind"])

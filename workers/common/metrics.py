@@ -106,42 +106,57 @@ def status_label(key: int | str) -> str:
     return text if re.fullmatch(r"[1-5]\d\d|[A-Za-z][A-Za-z0-9_]{0,39}", text) else "other"
 
 
-# Kept decisions: the reason texts of workers/rules.py and workers/cleanup.py, by kind.
-_KEPT_KINDS = (
-    ("protected by PROTECTED_TAGS", "protected"),
-    ("not a valid Docker tag", "invalid_tag"),
-    ("tag of the default branch", "default_branch"),
-    ("head of the default branch", "default_branch"),
-    ("tag of live branch", "live_branch"),
-    ("head of the target branch", "live_head"),
-    ("head of live branch", "live_head"),
-    ("commit is tagged", "git_tag"),
-    ("image of git tag", "git_tag"),
-    ("built by git tag", "git_tag"),
-    ("fast-forward merged", "fast_forward"),
-    ("open merge request", "open_mr"),
-    ("looks like a commit SHA", "sha_like"),
-    ("also built on", "other_ref"),
-    ("(403)", "gitlab_403"),
-    ("pushed again", "changed"),
-)
+# The reason_kind label of a kept or failed decision, by its reason code (workers/rules.py Code):
+# rewording a reason never changes its label. Deleted decisions are "owned", absent ones "absent".
+REASON_KINDS = {
+    "invalid_tag": "invalid_tag",
+    "protected": "protected",
+    "default_branch_tag": "default_branch",
+    "default_branch_head": "default_branch",
+    "target_branch_head": "live_head",
+    "live_branch_tag": "live_branch",
+    "live_branch_head": "live_head",
+    "git_tag_image": "git_tag",
+    "git_tag_commit": "git_tag",
+    "git_tag_build": "git_tag",
+    "fast_forward": "fast_forward",
+    "open_mr_commit": "open_mr",
+    "open_mr_source": "open_mr",
+    "sha_like": "sha_like",
+    "other_ref": "other_ref",
+    "on_live_ref": "other",
+    "not_checked": "other",
+    "exists_again": "other",
+    "no_known_owner": "other",
+    "short_sha_unresolved": "other",
+    "short_sha_ambiguous": "other",
+    "unknown_commit": "other",
+    "owned": "owned",
+    "dead_branch_tag": "owned",
+    "dead_short_sha": "owned",
+    "built_on_dead": "owned",
+    "on_no_ref": "owned",
+    "absent": "absent",
+    "changed": "changed",
+    "forbidden": "gitlab_403",
+    "transient": "transient",
+    "error": "error",
+    "other": "other",
+}
+REASON_KIND_LABELS = frozenset(REASON_KINDS.values()) | {"skipped"}
 
 
-def reason_kind(decision: str, reason: str | None) -> str:
-    """A short word for why a tag went the way it did: bounded, unlike the reason itself."""
-    reason = reason or ""
+def reason_kind(decision: str, code: str | None) -> str:
+    """A short word for why a tag went the way it did (from its reason code): bounded, unlike the reason."""
     if decision in ("deleted", "would_delete"):
         return "owned"
-    if decision == "absent":
-        return "absent"
+    if decision in ("absent", "skipped"):
+        return decision
     if decision == "failed":
-        return "transient" if "still failing" in reason or "retry after" in reason else "error"
+        return "transient" if code == "transient" else "error"
     if decision == "kept":
-        for text, kind in _KEPT_KINDS:
-            if text in reason:
-                return kind
-        return "other"
-    return decision if decision == "skipped" else "other"
+        return REASON_KINDS.get(code or "", "other")
+    return "other"
 
 
 # --- writing ---------------------------------------------------------------------------
