@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_registry_client import make_client, shop  # noqa: F401 - fixtures
 from workers import registry as reg
 
 
