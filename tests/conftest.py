@@ -1,11 +1,27 @@
-"""Shared fixtures: real redis-server (and, in support/, the registry and GitLab emulator)."""
+"""Shared fixtures, for every test module; the helpers behind them live in tests/support/.
+
+- `redis_server` (session), `redis_url` (emptied before each test), `conn`: a real redis-server;
+- `gitlab_stack` (session: the GitLab emulator and a real docker-registry wired together) and
+  `gitlab` (the emulator, reset, with an empty registry, for each test);
+- `make_client` (the product's registry client on that registry, its responses recorded in
+  `.recorder`) and `shop` ("acme/shop", project 101, with its root registry repository).
+  test_emulator.py and test_registration.py define a `shop` of their own, which wins there.
+
+Assertions in tests/support/ helpers (`assert_registry`, the safety checks, ...) are rewritten
+like the tests' own, so a failure shows the values compared.
+"""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
-from tests.support.procs import RedisServer
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support.procs import RedisServer  # noqa: E402  (after register_assert_rewrite)
+from workers import registry as reg  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +98,50 @@ def gitlab(gitlab_stack):
     gitlab_stack.registry.wipe()
     emu.registry_client.clear_cache()
     return emu
+
+
+# --- the product's registry client against the real docker-registry (test_registry_*.py) -------
+
+class Recorder:
+    """(method, path, status) of every response the client's session receives."""
+
+    def __init__(self, client: reg.Registry):
+        self.seen: list[tuple[str, str, int]] = []
+        client.session.hooks["response"].append(self._record)
+
+    def _record(self, response, *args, **kwargs):
+        self.seen.append((response.request.method, urlsplit(response.request.url).path, response.status_code))
+
+    def count(self, method: str, path_contains: str = "", status: int | None = None) -> int:
+        return sum(1 for m, p, s in self.seen
+                   if m == method and path_contains in p and (status is None or s == status))
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+@pytest.fixture
+def make_client(gitlab, gitlab_stack):
+    made: list[reg.Registry] = []
+
+    def make(**kw) -> reg.Registry:
+        kw.setdefault("username", "anyone")
+        kw.setdefault("password", gitlab.token)
+        kw.setdefault("timeout", 10)
+        kw.setdefault("backoff", 0.01)
+        client = reg.Registry(gitlab_stack.registry.url, **kw)
+        client.recorder = Recorder(client)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def shop(gitlab):
+    """Project acme/shop with its root registry repository."""
+    project = gitlab.add_project(101, "acme/shop")
+    project.add_registry_repository("")
+    return "acme/shop"

@@ -352,7 +352,7 @@ def test_audit_on_a_dead_redis_is_503_without_the_password():
 @pytest.mark.e2e
 def test_a_failed_cleanup_requeued_from_the_dashboard_finishes_on_a_real_worker(tmp_path, redis_url,
                                                                                 gitlab_stack, gitlab):
-    from tests.test_e2e import EARLIER, LAST, assert_registry, make_shop, merge_payload
+    from tests.support.shop import EARLIER, LAST, assert_registry, make_shop, merge_payload
 
     emu = gitlab_stack.emulator
     svc = Service(tmp_path / "svc", redis_url, emu.url, emu.token, CLEANUP_RETRIES="1", CLEANUP_RETRY_INTERVALS="1",

@@ -10,7 +10,7 @@ import pytest
 
 from hooks import events
 from hooks.events import BadRequest, Cleanup, Ignore, RecordPipeline, TooLarge, Unauthorized
-from tests.support.payloads import PAYLOADS
+from tests.support.payloads import PAYLOADS, load_payload as load
 
 
 SECRET = "the-secret-configured-on-the-hook"
@@ -28,10 +28,6 @@ EVENT_OF = {
     "pipeline_main.json": "Pipeline Hook",
     "pipeline_merge_request.json": "Pipeline Hook",
 }
-
-
-def load(name: str) -> dict:
-    return json.loads((PAYLOADS / name).read_text())
 
 
 def headers(event: str, **extra: str) -> dict:

@@ -27,7 +27,8 @@ from rq.job import Job
 from tests.support.faultproxy import FaultProxy
 from tests.support.procs import RedisServer
 from tests.support.service import ROOT, Service, job_or_none, load_payload
-from tests.test_e2e import EARLIER, FEATURE, LAST, assert_registry, make_shop, merge_payload, mode_env
+from tests.support.modes import mode_env
+from tests.support.shop import EARLIER, FEATURE, LAST, assert_registry, make_shop, merge_payload
 from workers.locks import BranchLock
 
 pytestmark = pytest.mark.e2e

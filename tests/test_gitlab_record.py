@@ -25,7 +25,8 @@ import pytest
 import redis
 
 from tests.support.service import Service, load_payload
-from tests.test_e2e import MODES, merge_payload, mode_env
+from tests.support.modes import MODES, mode_env
+from tests.support.shop import merge_payload
 
 pytestmark = pytest.mark.e2e
 
@@ -240,7 +241,7 @@ def test_a_pipeline_deleted_while_the_record_pages_costs_no_other_pipeline(gitla
     asks each page by time (updated_after the last one read), which no deletion can shift."""
     from workers import cleanup
     from workers.gitlab import GitLab
-    from tests.test_safety_e2e import settings_for
+    from tests.support.modes import settings_for
 
     project = gitlab.add_project(next(_ids), "acme/paging", default_branch="main")
     project.add_registry_repository("")

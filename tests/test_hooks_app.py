@@ -16,52 +16,19 @@ from rq.registry import ScheduledJobRegistry
 from hooks import create_app
 from hooks.logs import LOGGER_NAME, JsonFormatter
 from hooks.settings import MISSING_SECRET
-from tests.support.payloads import PAYLOADS
+from tests.support.webapp import SECOND_SECRET, SECRET, body_of, headers, keyspace, make_app, post
 from workers import inbox
 from tests.support.procs import free_port
 
-SECRET = "s3cret-token-for-tests"
-SECOND_SECRET = "second-s3cret"
 REDIS_PASSWORD = "hunter2-redis-pass"
 QUEUE = "tagsweeper"
 TIP = "5f1c0e6a9b3d4c2e8f7a6b5c4d3e2f1a0b9c8d7e"
 KEY = "e1a2b3c4-d5e6-47f8-9a0b-c1d2e3f4a5b6"
 
 
-def body_of(name: str) -> bytes:
-    return (PAYLOADS / name).read_bytes()
-
-
-def headers(event: str = "Merge Request Hook", **extra: str) -> dict:
-    h = json.loads((PAYLOADS / "headers.json").read_text())
-    h["X-Gitlab-Event"] = event
-    h["X-Gitlab-Token"] = SECRET
-    h.update(extra)
-    return h
-
-
-def make_app(redis_url: str, **overrides):
-    config = {
-        "TESTING": True,
-        "WEBHOOK_SECRET": f"{SECRET}, {SECOND_SECRET}",
-        "REDIS_URL": redis_url,
-        "CLEANUP_DELAY": 60,
-    }
-    config.update(overrides)
-    return create_app(config)
-
-
 @pytest.fixture
 def client(redis_url):
     return make_app(redis_url).test_client()
-
-
-def keyspace(conn: redis.Redis) -> dict:
-    """Every key with its serialized value: equal snapshots mean nothing was written.
-
-    The /metrics counters (tagsweeper:metrics:*) are left out: every answer counts itself.
-    """
-    return {key: conn.dump(key) for key in conn.keys("*") if not key.startswith(b"tagsweeper:metrics:")}
 
 
 def job_keys(conn: redis.Redis) -> list[bytes]:
@@ -76,10 +43,6 @@ def inbox_ids(conn: redis.Redis, queue: str = QUEUE) -> list[str]:
 def move(conn: redis.Redis, queue: str = QUEUE) -> int:
     """What a worker's mover does: the inbox's records become RQ jobs."""
     return inbox.drain(conn, queue, "test-mover")
-
-
-def post(client, name: str, event: str = "Merge Request Hook", **hdrs):
-    return client.post("/hooks/gitlab", data=body_of(name), headers=headers(event, **hdrs))
 
 
 def dead_redis_url() -> str:

@@ -13,7 +13,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 
-from tests.test_hooks_app import make_app, post
+from tests.support.webapp import make_app, post
 from workers import inbox
 
 QUEUE = "tagsweeper"

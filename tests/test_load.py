@@ -30,7 +30,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 
 from tests.support.service import SECRET, Service, gitlab_headers, load_payload
-from tests.test_e2e import merge_payload
+from tests.support.shop import merge_payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ import requests
 from hooks import create_app
 from tests.support.procs import free_port
 from tests.support.service import ROOT, SECRET, Service, load_payload
-from tests.test_e2e import EARLIER, LAST, assert_registry, make_shop, merge_payload
+from tests.support.shop import EARLIER, LAST, assert_registry, make_shop, merge_payload
 from workers import deletion, inbox, jobs, rules
 from workers.common import audit, errors, metrics
 from workers.common.settings import ConfigError

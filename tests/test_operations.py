@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from tests.support.procs import free_port, stop
 from tests.support.service import ROOT, Service
-from tests.test_hooks_app import make_app, post
+from tests.support.webapp import make_app, post
 from workers.common import audit
 
 QUEUE = "tagsweeper"
@@ -258,7 +258,7 @@ def test_replay_failed_uses_rq_queue(redis_url, conn, monkeypatch):
 
 @pytest.mark.e2e
 def test_a_cleanup_gitlab_failed_is_replayed_from_the_command_line(tmp_path, redis_url, gitlab_stack, gitlab):
-    from tests.test_e2e import EARLIER, LAST, assert_registry, make_shop, merge_payload
+    from tests.support.shop import EARLIER, LAST, assert_registry, make_shop, merge_payload
 
     emu = gitlab_stack.emulator
     svc = Service(tmp_path / "svc", redis_url, emu.url, emu.token, CLEANUP_RETRIES="1",

@@ -13,13 +13,12 @@ import time
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.test_registry_client import make_client, shop  # noqa: F401 - fixtures
 from workers import registry as reg
 
 TOMBSTONE = r"/manifests/sha256:"
 
 
-def test_deletes_exactly_the_given_tags_with_one_tombstone(gitlab, make_client, shop):  # noqa: F811
+def test_deletes_exactly_the_given_tags_with_one_tombstone(gitlab, make_client, shop):
     rc = gitlab.registry_client
     doomed = [f"feature-{i}" for i in range(12)]
     shared = rc.push_image(shop, doomed[:6] + ["latest", "v1.0"], content="shared")
@@ -46,7 +45,7 @@ def test_deletes_exactly_the_given_tags_with_one_tombstone(gitlab, make_client, 
     assert heads == 13  # one per tag (the repository's dummy config is in place since the warm-up)
 
 
-def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, gitlab_stack, shop):  # noqa: F811
+def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, gitlab_stack, shop):
     rc = gitlab.registry_client
     rc.push_image(shop, ["feature-a", "feature-b", "warm-up"], content="old")
     proxy = FaultProxy(gitlab_stack.registry.url)  # the client talks to the registry through it
@@ -76,7 +75,7 @@ def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, gitla
     assert rc.resolve(shop, "feature-b") is None
 
 
-def test_batches_and_nothing_written_where_nothing_exists(gitlab, make_client, shop):  # noqa: F811
+def test_batches_and_nothing_written_where_nothing_exists(gitlab, make_client, shop):
     rc = gitlab.registry_client
     doomed = [f"f-{i}" for i in range(10)]
     rc.push_image(shop, doomed + ["keep"], content="ten")
@@ -92,7 +91,7 @@ def test_batches_and_nothing_written_where_nothing_exists(gitlab, make_client, s
     assert client.recorder.count("PUT") == 0 and client.recorder.count("POST") == 0
 
 
-def test_a_refused_token_raises(gitlab, make_client, shop):  # noqa: F811
+def test_a_refused_token_raises(gitlab, make_client, shop):
     gitlab.registry_client.push_image(shop, ["x"])
     client = make_client(password="wrong")
     with pytest.raises(reg.AuthError):

@@ -11,57 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from workers import registry as reg
-
-
-class Recorder:
-    """(method, path, status) of every response the client's session receives."""
-
-    def __init__(self, client: reg.Registry):
-        self.seen: list[tuple[str, str, int]] = []
-        client.session.hooks["response"].append(self._record)
-
-    def _record(self, response, *args, **kwargs):
-        self.seen.append((response.request.method, urlsplit(response.request.url).path, response.status_code))
-
-    def count(self, method: str, path_contains: str = "", status: int | None = None) -> int:
-        return sum(1 for m, p, s in self.seen
-                   if m == method and path_contains in p and (status is None or s == status))
-
-    def clear(self) -> None:
-        self.seen.clear()
-
-
-@pytest.fixture
-def make_client(gitlab, gitlab_stack):
-    made: list[reg.Registry] = []
-
-    def make(**kw) -> reg.Registry:
-        kw.setdefault("username", "anyone")
-        kw.setdefault("password", gitlab.token)
-        kw.setdefault("timeout", 10)
-        kw.setdefault("backoff", 0.01)
-        client = reg.Registry(gitlab_stack.registry.url, **kw)
-        client.recorder = Recorder(client)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
-@pytest.fixture
-def shop(gitlab):
-    """Project acme/shop with its root registry repository."""
-    project = gitlab.add_project(101, "acme/shop")
-    project.add_registry_repository("")
-    return "acme/shop"
 
 
 def tokens_issued(gitlab) -> int:

@@ -33,10 +33,10 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 
-from tests.test_e2e import MODES, mode_env
-from tests.test_safety_property import (
-    KNOWN_GAPS, MergeRequest, Pipeline, Project, note, projects, run_plan, violations,
-)
+from tests.support.modes import MODES, settings_for
+from tests.support.safety_checks import KNOWN_GAPS, run_plan, violations
+from tests.support.safety_generator import projects
+from tests.support.safety_model import MergeRequest, Pipeline, Project, note
 from workers import cleanup, history
 from workers.gitlab import GitLab
 from workers.common.settings import Settings
@@ -108,11 +108,6 @@ def check_project(gitlab, conn, config: Settings, pr: Project) -> dict:
     assert deleted == planned & set(expected), f"worker deleted {sorted(deleted)}, planner {sorted(planned)}"
     assert report["summary"]["failed"] == 0
     return report
-
-
-def settings_for(gitlab, gitlab_stack, redis_url: str, mode: str) -> Settings:
-    return Settings.from_env({"GITLAB_URL": gitlab.url, "GITLAB_TOKEN": gitlab.token, "REDIS_URL": redis_url,
-                              **mode_env(mode, gitlab_stack)})
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -49,7 +49,7 @@ from hooks import events, signing
 from hooks.views import REPLAY_KEY_PREFIX, REPLAY_WINDOW
 from tests.support.service import SECRET as E2E_SECRET
 from tests.support.service import Service
-from tests.test_e2e import make_shop, merge_payload
+from tests.support.shop import make_shop, merge_payload
 from tests.test_hooks_app import body_of, headers, inbox_ids, keyspace, make_app, move
 from workers import cleanup, rules
 from workers.common import allowlist

@@ -24,7 +24,8 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry
 
 from tests.support.service import ROOT, Service
-from tests.test_e2e import EARLIER, FEATURE, LAST, MERGE, MODES, assert_registry, make_shop, mode_env
+from tests.support.modes import MODES, mode_env
+from tests.support.shop import EARLIER, FEATURE, LAST, MERGE, assert_registry, make_shop
 from workers import cleanup, deletion, history, jobs, rules, sweep
 from workers.gitlab import GitLab
 from workers.report import Report

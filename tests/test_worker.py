@@ -97,7 +97,7 @@ def test_web_refuses_to_start_without_a_secret(tmp_path):
 
 @pytest.mark.e2e
 def test_cli_cleanup_dry_run_then_for_real(gitlab, redis_url):
-    from tests.test_e2e import EARLIER, LAST, assert_registry, make_shop
+    from tests.support.shop import EARLIER, LAST, assert_registry, make_shop
     project, repos, digests = make_shop(gitlab)
     env = {"GITLAB_URL": gitlab.url, "GITLAB_TOKEN": gitlab.token, "REDIS_URL": redis_url}
     out = run_cli(["cleanup", "--project", project.path, "--branch", "Feature/Checkout-Flow", "--dry-run"], **env)
@@ -117,7 +117,7 @@ def test_cli_cleanup_dry_run_then_for_real(gitlab, redis_url):
 
 @pytest.mark.e2e
 def test_cli_leaves_a_live_branch_alone(gitlab, redis_url):
-    from tests.test_e2e import assert_registry, make_shop
+    from tests.support.shop import assert_registry, make_shop
     project, repos, digests = make_shop(gitlab)
     env = {"GITLAB_URL": gitlab.url, "GITLAB_TOKEN": gitlab.token, "REDIS_URL": redis_url}
     out = run_cli(["cleanup", "--project", project.path, "--branch", "feature/other"], **env)
@@ -127,7 +127,7 @@ def test_cli_leaves_a_live_branch_alone(gitlab, redis_url):
 
 @pytest.mark.e2e
 def test_refused_token_fails_at_once_without_retries(tmp_path, redis_url, gitlab_stack, gitlab):
-    from tests.test_e2e import make_shop, merge_payload
+    from tests.support.shop import make_shop, merge_payload
     project, repos, digests = make_shop(gitlab)
     svc = Service(tmp_path / "svc", redis_url, gitlab.url, "not-the-token", CLEANUP_RETRIES="3",
                   CLEANUP_RETRY_INTERVALS="60").start()
