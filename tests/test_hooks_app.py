@@ -15,7 +15,7 @@ from rq.registry import ScheduledJobRegistry
 
 from hooks import create_app
 from hooks.logs import LOGGER_NAME, JsonFormatter
-from hooks.settings import MISSING_SECRET
+from workers.common.settings import MISSING_SECRET
 from tests.support.payloads import PAYLOADS
 from workers import inbox
 from tests.support.procs import free_port

@@ -13,20 +13,16 @@ Memory stays flat on big registries: tags are listed and decided a page at a tim
 held for the whole sweep is the project's refs (live branches, git tags, known branch names)
 and a bounded cache of commit lookups.
 
-It runs by hand (`tagsweeper sweep`), as the job `workers.jobs.sweep_project`, and on a
-schedule inside `tagsweeper worker` (`Scheduler`, SWEEP_CRON).
+It runs by hand (`tagsweeper sweep`, workers/cli/sweep.py), as the job `workers.jobs.sweep_project`,
+and on a schedule inside `tagsweeper worker` (`Scheduler`, SWEEP_CRON).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import re
-import sys
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -39,7 +35,7 @@ from workers.common import audit
 from workers.gitlab import AuthError, BadResponse, GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.report import Report
-from workers.common.settings import Settings, say_redis_unreachable
+from workers.common.settings import Settings, parse_project
 from workers.tagstore import RegistryTags
 
 log = logging.getLogger("tagsweeper.sweep")
@@ -70,18 +66,16 @@ def forget_project(conn: redis.Redis, project_id: int | str) -> None:
     conn.srem(PROJECTS_KEY, str(project_id))
 
 
-def _as_project(value: str | int) -> int | str:
-    text = str(value).strip().strip("/")
-    return int(text) if text.isdigit() else text
-
-
 def scheduled_projects(conn: redis.Redis, settings: Settings) -> list[int | str]:
     """Every project that sent a delivery, and SWEEP_PROJECTS."""
     found: list[int | str] = []
     members = sorted(m.decode() if isinstance(m, bytes) else m for m in conn.smembers(PROJECTS_KEY))
     for value in [*members, *settings.sweep_projects]:
-        project = _as_project(value)
-        if project != "" and project not in found:
+        try:
+            project = parse_project(value)
+        except ValueError:
+            continue  # a blank member
+        if project not in found:
             found.append(project)
     return found
 
@@ -570,118 +564,3 @@ class Scheduler(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-
-
-# --- `tagsweeper sweep` ----------------------------------------------------------------------
-
-def add_commands(subparsers: Any) -> None:
-    from workers.cli import _project
-
-    p = subparsers.add_parser(
-        "sweep", help="find tags of branches that no longer exist and clean them (reconciliation)",
-        description="Go over every tag of the registry repositories of a project (or of every project "
-                    "in a group) and delete those provably owned by a branch that no longer exists, with "
-                    "the rules of event cleanups. Unclear tags are kept and reported.")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--project", type=_project, help="project id or path (group/project)")
-    target.add_argument("--group", type=_project, help="group id or path: its projects and its subgroups'")
-    p.add_argument("--dry-run", action="store_true", help="decide and report, delete nothing")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(handler=run_cli)
-
-
-class _Terminal:
-    """One self-overwriting progress line on stderr (only used when stderr is a terminal)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.shown = False
-        self.last = 0.0
-
-    def __call__(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        self.stream.write("\r\x1b[K" + text[:200])
-        self.stream.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
-def run_cli(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.common import logs
-
-    settings.require_gitlab()
-    if not args.json:
-        logs.configure(settings.log_format, level=logging.WARNING)  # the printed report says it all
-    terminal = _Terminal(sys.stderr) if sys.stderr.isatty() else None
-    gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
-                    pool_size=settings.delete_concurrency + 2)
-    conn = redis.Redis.from_url(settings.redis_url)
-    options = dict(gitlab=gitlab, conn=conn, settings=settings, dry_run=True if args.dry_run else None,
-                   progress=terminal, by_operator=True)  # the operator's choice, like a manual cleanup
-    status = 0
-    try:
-        if args.group is not None:
-            result = run_group(args.group, **options)
-            status = 1 if result["failed"] else 0
-        else:
-            result = run_project(args.project, **options)
-    except cleanup.CleanupIncomplete as exc:
-        result, status = exc.report, 1
-    except SweepError as exc:
-        print(f"tagsweeper: {exc}", file=sys.stderr)
-        return 2
-    except (GitLabError, RegistryAuthError) as exc:
-        print(f"tagsweeper: {exc}", file=sys.stderr)
-        return 1
-    except redis.RedisError as exc:
-        return say_redis_unreachable(exc)
-    finally:
-        if terminal:
-            terminal.clear()
-        gitlab.close()
-        conn.close()
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif "projects" in result:
-        print(format_group(result))
-    else:
-        print(format_text(result))
-    return status
-
-
-def format_text(report: dict) -> str:
-    """A project's sweep report as people read it at a terminal."""
-    lines = [f"{'DRY RUN: ' if report.get('dry_run') else ''}sweep of "
-             f"{report.get('project') or report.get('project_id')}"]
-    if report.get("error"):
-        lines.append(f"  failed: {report['error']}")
-        return "\n".join(lines)
-    if report.get("skipped"):
-        lines.append(f"  skipped: {report['skipped']}")
-        return "\n".join(lines)
-    lines.append(f"  repositories: {', '.join(report['repositories']) or '(none)'}")
-    lines.append(f"  scanned {report['scanned']} tags: {report['kept_by_rule']} kept by the rules "
-                 f"(protected, or a live ref's), {report['unclear']} unclear (kept)")
-    for outcome in ("deleted", "would_delete", "failed", "kept", "absent"):
-        items = [d for d in report["decisions"] if d["decision"] == outcome]
-        if not items:
-            continue
-        lines.append(f"  {outcome.replace('_', ' ')} ({len(items)}):")
-        for d in items:
-            lines.append(f"    {d['repository']}:{d['tag']}  ({d['reason']})")
-    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["summary"].items() if v)
-    lines.append(f"  summary: {summary or 'nothing to do'}")
-    return "\n".join(lines)
-
-
-def format_group(result: dict) -> str:
-    head = f"{'DRY RUN: ' if result['dry_run'] else ''}sweep of group {result['group']}: " \
-           f"{len(result['projects'])} project(s), {result['failed']} failed"
-    return "\n\n".join([head, *(format_text(r) for r in result["projects"])])
