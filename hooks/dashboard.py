@@ -40,7 +40,7 @@ from flask import Flask, current_app, jsonify, redirect, request, url_for
 
 from hooks.intake import get_intake
 from hooks.logs import LOGGER_NAME
-from workers.common.settings import parse_project
+from workers.common.projects import parse_project
 
 log = logging.getLogger(LOGGER_NAME)
 

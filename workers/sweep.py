@@ -35,7 +35,8 @@ from workers.common import audit
 from workers.gitlab import AuthError, BadResponse, GitLab, GitLabError, NotFound, encode
 from workers.registry import AuthError as RegistryAuthError
 from workers.report import Report
-from workers.common.settings import Settings, parse_project
+from workers.common.projects import parse_project
+from workers.common.settings import Settings
 from workers.tagstore import RegistryTags
 
 log = logging.getLogger("tagsweeper.sweep")

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import redis
 
 from workers.common import logs
-from workers.common.settings import ConfigError, Settings, parse_project
+from workers.common.projects import parse_project
+from workers.common.settings import ConfigError, Settings
 
 
 class CommandError(Exception):

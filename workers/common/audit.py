@@ -22,6 +22,7 @@ import redis
 
 from workers.common import metrics
 from workers.common import settings as config
+from workers.common.projects import parse_project
 
 log = logging.getLogger("tagsweeper.audit")
 
@@ -133,7 +134,7 @@ def _matcher(project: int | str | None):
     if project is None:
         return None
     try:
-        wanted = config.parse_project(project)
+        wanted = parse_project(project)
     except ValueError:
         return None  # blank: every project
     if isinstance(wanted, int):

@@ -6,7 +6,7 @@ Nothing reads the environment at import time. A bad value raises an error whose 
 says which setting and how to fix it: RuntimeError for the web process (gunicorn prints
 it and refuses to start), ConfigError for the worker and the commands.
 
-`parse_project` is the one way a project (or a group) is named: by its id or by its path.
+How a project is named (SWEEP_PROJECTS, ALLOWED_PROJECTS) is workers/common/projects.py's.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from workers.common import allowlist
 from workers.common.policy import (BRANCH_FIELDS, COMMIT_FIELDS, DEFAULT_BRANCH_TAGS, DEFAULT_COMMIT_TAGS,
                                    DEFAULT_PROTECTED_TAGS, Policy, RuleError, compile_protected,
                                    parse_templates)
+from workers.common.projects import parse_project
 
 # --- defaults ---------------------------------------------------------------------------------
 
@@ -41,23 +42,6 @@ DEFAULT_CLEANUP_LOCK_TTL = 60
 # idle worker wakes from a 405 s wait) can leave such a job for over a quarter of an hour.
 DEFAULT_MAINTENANCE_INTERVAL = 60
 DEFAULT_ABANDONED_AFTER = 90  # RQ's default: a 30 s heartbeat plus 60 s of grace
-
-
-# --- naming a project -------------------------------------------------------------------------
-
-PROJECT_HINT = "a numeric project id or a path like group/project"
-
-
-def parse_project(value: Any) -> int | str:
-    """A project (or group) as a person or a setting names it: its numeric id or its path.
-
-    Whitespace and leading or trailing '/' are dropped; ASCII digits are an id, anything else
-    a path (GitLab says whether it exists). ValueError when nothing is left.
-    """
-    text = str(value).strip().strip("/")
-    if not text:
-        raise ValueError(f"give {PROJECT_HINT}")
-    return int(text) if text.isascii() and text.isdigit() else text
 
 
 # --- the worker's and the commands' settings -----------------------------------------------
