@@ -165,8 +165,7 @@ def run_tagsweeper(stack: Stack, redis_url: str, mode: str, concurrency: int, wa
         env["REGISTRY_URL"] = stack.registry.url
     settings = Settings.from_env(env)
     before = listing(stack)
-    gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
-                    pool_size=settings.delete_concurrency + 2)
+    gitlab = GitLab.from_settings(settings)
     conn = redis.Redis.from_url(redis_url)
     if warm:
         pipelines.Record(conn, PROJECT_ID).sync(gitlab)

@@ -15,11 +15,12 @@ from flask import Flask
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from os.environ, with `test_config` overriding keys of the same name."""
-    from hooks import dashboard, intake, logs, metrics_view, settings, views
+    from hooks import dashboard, intake, logs, metrics_view, signing, views
+    from workers.common import settings
 
     app = Flask(__name__)
-    config = settings.read_settings(os.environ, test_config)
-    extra = {k: v for k, v in (test_config or {}).items() if k not in _SETTING_NAMES}
+    config = settings.web_config(os.environ, test_config, signing_keys=signing.parse_keys)
+    extra = {k: v for k, v in (test_config or {}).items() if k not in settings.WEB_VARIABLES}
     app.config.from_mapping(extra)  # e.g. TESTING
     app.config.from_mapping(config)
     # Werkzeug refuses a larger Content-Length early; views.read_body bounds chunked bodies.
@@ -33,8 +34,3 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     dashboard.init_app(app)
     return app
 
-
-_SETTING_NAMES = frozenset({"WEBHOOK_SECRET", "REDIS_URL", "CLEANUP_DELAY", "MAX_BODY_BYTES", "RQ_QUEUE",
-                            "CLEANUP_RETRIES", "CLEANUP_RETRY_INTERVALS", "LOG_FORMAT",
-                            "DASHBOARD_USER", "DASHBOARD_PASSWORD",
-                            "WEBHOOK_SIGNING_KEY", "ALLOWED_PROJECTS"})

@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import logging
 import math
-import os
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -41,6 +40,7 @@ from flask import Flask, current_app, jsonify, redirect, request, url_for
 
 from hooks.intake import get_intake
 from hooks.logs import LOGGER_NAME
+from workers.common.projects import parse_project
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -84,9 +84,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
     setup_rq_connection(app)  # builds the client only: start-up needs no Redis
     app.add_url_rule(AUDIT_PATH, "audit", audit, methods=["GET"])
-    # The web process has no use for GITLAB_TOKEN, but honcho gives it the worker's environment.
-    secrets = [password, redis_password or "", *app.config["WEBHOOK_SECRETS"],
-               app.config.get("GITLAB_TOKEN") or os.environ.get("GITLAB_TOKEN", "")]
+    secrets = [password, redis_password or "", *app.config["WEBHOOK_SECRETS"], app.config["GITLAB_TOKEN"]]
     app.extensions[SECRETS_KEY] = tuple(sorted({s.encode("utf-8") for s in secrets if len(s) >= MIN_SCRUBBED_LENGTH},
                                                key=len, reverse=True))
     app.before_request(guard)
@@ -226,10 +224,11 @@ def audit_query(args: Mapping[str, str]) -> dict[str, Any]:
 def _project(raw: str | None) -> int | str | None:
     if raw is None:
         return None
-    value = raw.strip().strip("/")
-    if value.isdigit() and value.isascii():
-        return int(value)
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)*", value) or len(value) > 255:
+    try:
+        value = parse_project(raw)
+    except ValueError:
+        value = ""
+    if isinstance(value, str) and (not re.fullmatch(r"[\w.-]+(/[\w.-]+)*", value) or len(value) > 255):
         raise ValueError("project must be a numeric project id or a path like group/project")
     return value
 

@@ -15,8 +15,8 @@ from rq.registry import ScheduledJobRegistry
 
 from hooks import create_app
 from hooks.logs import LOGGER_NAME, JsonFormatter
-from hooks.settings import MISSING_SECRET
 from tests.support.webapp import SECOND_SECRET, SECRET, body_of, headers, keyspace, make_app, post
+from workers.common.settings import MISSING_SECRET
 from workers import inbox
 from tests.support.procs import free_port
 

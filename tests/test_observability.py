@@ -369,6 +369,7 @@ def test_audit_command_filters_and_prints(redis_url):
 
 
 def test_parse_when():
+    from workers.cli import audit  # --since is the command's argument: parsed in workers/cli/audit.py
     now = 1_800_000_000.0
     assert audit.parse_when("2h", now) == now - 7200
     assert audit.parse_when("30m", now) == now - 1800

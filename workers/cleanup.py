@@ -110,7 +110,7 @@ def run(request: Request, *, gitlab: GitLab, conn: redis.Redis, settings: Settin
         return report.as_dict()
 
     # One cleanup of a branch at a time, on any worker: a second one waits here, then looks again.
-    with locks.BranchLock(conn, ctx.pid, request.branch):
+    with locks.BranchLock(conn, ctx.pid, request.branch, ttl=settings.cleanup_lock_ttl):
         return _run_locked(ctx, request, report, trail)
 
 

@@ -282,6 +282,14 @@ class GitLab(Client):
             return False
         return True
 
+    @classmethod
+    def from_settings(cls, settings) -> "GitLab":
+        """The client of GITLAB_URL with GITLAB_TOKEN, as `settings` (workers.common.settings.Settings)
+        say: the one place tagsweeper builds it. ConfigError when the connection is not configured."""
+        settings.require_gitlab()
+        return cls(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
+                   pool_size=settings.delete_concurrency + 2)  # the deletions' threads, and the sweep's look-ups
+
 
 def forbidden(what: str, response: requests.Response) -> AuthError:
     """A 403 on something other than a tag delete: the token lacks a scope or its user a role."""

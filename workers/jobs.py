@@ -75,9 +75,7 @@ def sweep_project(*, project: int | str, dry_run: bool | None = None) -> dict:
 @contextmanager
 def _clients(settings: Settings) -> Iterator[tuple[GitLab, redis.Redis]]:
     """The GitLab client and Redis connection of one job, closed (and their calls counted) after."""
-    settings.require_gitlab()
-    gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout,
-                    pool_size=settings.delete_concurrency + 2)
+    gitlab = GitLab.from_settings(settings)
     conn = redis.Redis.from_url(settings.redis_url)
     try:
         yield gitlab, conn

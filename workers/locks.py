@@ -30,8 +30,6 @@ import redis
 log = logging.getLogger("tagsweeper.locks")
 
 KEY_PREFIX = "tagsweeper:lock:cleanup:"
-DEFAULT_TTL = 60
-TTL_VARIABLE = "CLEANUP_LOCK_TTL"
 
 # KEYS[1] the lock, ARGV[1] our token: only the holder may extend or delete it.
 _RENEW = """
@@ -48,13 +46,6 @@ return 0
 """
 
 
-def ttl_from_env(env=None) -> int:
-    """CLEANUP_LOCK_TTL: whole seconds >= 1 (default 60)."""
-    from workers.common.settings import whole_number
-
-    return whole_number(os.environ if env is None else env, TTL_VARIABLE, DEFAULT_TTL, minimum=1)
-
-
 def _holder() -> str:
     """Who holds the lock, for the messages of those waiting for it."""
     try:
@@ -69,11 +60,12 @@ def _holder() -> str:
 class BranchLock:
     """The lock of one project's branch. Use as a context manager, or acquire()/release()."""
 
-    def __init__(self, conn: redis.Redis, project_id: int | str, branch: str, *, ttl: float | None = None,
+    def __init__(self, conn: redis.Redis, project_id: int | str, branch: str, *, ttl: float,
                  poll: float = 0.25):
+        """`ttl`: seconds a holder that died keeps the lock (the setting CLEANUP_LOCK_TTL)."""
         self.conn = conn
         self.key = f"{KEY_PREFIX}{project_id}:{branch}"
-        self.ttl = float(ttl if ttl is not None else ttl_from_env())
+        self.ttl = float(ttl)
         self.poll = poll
         self.token = f"{uuid.uuid4().hex} {_holder()}"
         self.waited = 0.0  # seconds spent waiting for another holder

@@ -1,4 +1,4 @@
-"""Operating the queue by hand: `tagsweeper replay` and `tagsweeper status`.
+"""Operating the queue by hand: what `tagsweeper replay` and `tagsweeper status` do (workers/cli/operations.py).
 
 `replay JOB_ID` puts a failed, stopped or canceled job back on its queue under the same
 id (what rq-dashboard's "requeue" does); a finished job is left alone unless `--force`,
@@ -12,14 +12,11 @@ the last line of their exception, and the last decisions of the audit trail.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import re
-import sys
 import uuid
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from rq import Queue, Worker
@@ -29,7 +26,7 @@ from rq.registry import (CanceledJobRegistry, FailedJobRegistry, FinishedJobRegi
                          StartedJobRegistry)
 
 from workers import inbox
-from workers.common.settings import Settings, say_redis_unreachable
+from workers.common.settings import Settings
 
 # How long the CLI waits on Redis: an operator at a terminal wants an answer, not a hang.
 SOCKET_TIMEOUT = 10.0
@@ -41,25 +38,7 @@ _REPLAY_SUFFIX = re.compile(r"-replay-[0-9a-f]{8}$")
 
 
 class OperationError(Exception):
-    """The operation cannot be done as asked; the message says why (exit status 1)."""
-
-
-def add_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "replay", help="requeue a failed job (or, with --failed, every failed job)",
-        description="Requeue a failed, stopped or canceled job under its own id. A finished job is "
-                    "left alone unless --force, which enqueues a copy under a new id.")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("job_id", nargs="?", metavar="JOB_ID", help="the job's id, as the dashboard shows it")
-    target.add_argument("--failed", action="store_true", help="requeue every job in the queue's failed registry")
-    p.add_argument("--force", action="store_true",
-                   help="run a finished job again: same function and arguments, new job id")
-    p.add_argument("--json", action="store_true", help="print what was done as JSON")
-    p.set_defaults(handler=run_replay)
-
-    p = subparsers.add_parser("status", help="queues, workers, failed jobs and the last decisions")
-    p.add_argument("--json", action="store_true", help="print the status as JSON")
-    p.set_defaults(handler=run_status)
+    """The operation cannot be done as asked; the message says why (the command's exit status is 1)."""
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -67,47 +46,7 @@ def connect(settings: Settings) -> redis.Redis:
                                 socket_connect_timeout=CONNECT_TIMEOUT)
 
 
-_redis_down = say_redis_unreachable
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
-
-
-def _show(args: argparse.Namespace, value: Any, as_text: Callable[[Any], str]) -> None:
-    """A command's answer: JSON with --json, else the text people read."""
-    if args.json:
-        _print_json(value)
-    else:
-        print(as_text(value))
-
-
 # --- replay ---------------------------------------------------------------------------
-
-
-def run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    if args.failed and args.force:
-        print("tagsweeper: --force applies to one finished JOB_ID, not to --failed", file=sys.stderr)
-        return 2
-    conn = connect(settings)
-    try:
-        if args.failed:
-            outcome = replay_failed(conn, settings.queue)
-            status = 1 if outcome["skipped"] else 0
-        else:
-            outcome = replay(conn, args.job_id, force=args.force)
-            status = 0
-    except OperationError as exc:
-        if args.json:
-            _print_json({"error": str(exc)})
-        print(f"tagsweeper: {exc}", file=sys.stderr)
-        return 1
-    except redis.RedisError as exc:
-        return _redis_down(exc)
-    finally:
-        conn.close()
-    _show(args, outcome, format_replay)
-    return status
 
 
 def replay(conn: redis.Redis, job_id: str, *, force: bool = False) -> dict[str, Any]:
@@ -173,39 +112,7 @@ def replay_failed(conn: redis.Redis, queue_name: str) -> dict[str, Any]:
     return {"queue": queue_name, "requeued": requeued, "skipped": skipped}
 
 
-def format_replay(outcome: dict[str, Any]) -> str:
-    if "requeued" in outcome:  # --failed
-        queue = outcome["queue"]
-        if not outcome["requeued"] and not outcome["skipped"]:
-            return f"no failed jobs on queue {queue!r}: nothing to requeue"
-        lines = [f"requeued {len(outcome['requeued'])} failed job(s) on queue {queue!r}"]
-        lines += [f"  {j['job_id']}  {j['description'] or ''}".rstrip() for j in outcome["requeued"]]
-        if outcome["skipped"]:
-            lines.append(f"could not requeue {len(outcome['skipped'])}:")
-            lines += [f"  {j['job_id']}  ({j['reason']})" for j in outcome["skipped"]]
-        return "\n".join(lines)
-    what = f"job {outcome['job_id']}" + (f" ({outcome['description']})" if outcome["description"] else "")
-    if outcome["action"] == "requeued":
-        return f"requeued {what}: it was {outcome['was']}, it is queued again on {outcome['queue']!r}"
-    if outcome["action"] == "copied":
-        return (f"enqueued a copy of {what} as {outcome['new_job_id']} on {outcome['queue']!r}: "
-                f"same function and arguments (it was {outcome['was']})")
-    return f"{what}: {outcome['message']}"
-
-
 # --- status ---------------------------------------------------------------------------
-
-
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    conn = connect(settings)
-    try:
-        report = status(conn, settings.queue)
-    except redis.RedisError as exc:
-        return _redis_down(exc)
-    finally:
-        conn.close()
-    _show(args, report, format_status)
-    return 0
 
 
 def status(conn: redis.Redis, queue_name: str, *, failed_shown: int = FAILED_SHOWN,
@@ -277,36 +184,3 @@ def _status(job: Job) -> str:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
-
-
-def format_status(report: dict[str, Any]) -> str:
-    lines = ["queues:"]
-    for q in report["queues"]:
-        lines.append(f"  {q['name']}: {q['inbox']} in the inbox, {q['queued']} queued, {q['scheduled']} scheduled, {q['started']} started, "
-                     f"{q['failed']} failed, {q['finished']} finished")
-    lines.append(f"workers ({len(report['workers'])}):" if report["workers"] else
-                 "workers: none running (start one with `tagsweeper worker`)")
-    for w in report["workers"]:
-        job = w["current_job"]
-        doing = f"  running {job['id']} ({job['description']})" if job else ""
-        lines.append(f"  {w['name']}  {w['state']}  queues: {', '.join(w['queues'])}{doing}")
-    total, shown = report["failed_total"], report["failed_jobs"]
-    if not total:
-        lines.append(f"failed jobs on {report['queue']!r}: none")
-    else:
-        more = f", newest {len(shown)} shown" if total > len(shown) else ""
-        lines.append(f"failed jobs on {report['queue']!r} ({total}{more}; `tagsweeper replay --failed` requeues all):")
-        for f in shown:
-            lines.append(f"  {f['id']}  {f['description'] or ''}".rstrip())
-            lines.append(f"      {f['error'] or '(no exception recorded)'}")
-    decisions = report["decisions"]
-    if decisions is None:
-        lines.append("last decisions: (no audit trail in this version)")
-    elif not decisions:
-        lines.append("last decisions: none yet")
-    else:
-        from workers.common.audit import format_table
-
-        lines.append("last decisions:")
-        lines += ["  " + line for line in format_table(decisions).splitlines()]
-    return "\n".join(lines)

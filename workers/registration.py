@@ -1,4 +1,5 @@
-"""`tagsweeper register` and `tagsweeper unregister`: manage tagsweeper's webhook on a project or group.
+"""Managing tagsweeper's webhook on a project or group: what `tagsweeper register` and
+`tagsweeper unregister` do (their arguments and output: workers/cli/webhook.py).
 
 register   creates the hook (secret = the first value of WEBHOOK_SECRET; merge request,
            push and pipeline events on; everything else left at GitLab's defaults), or
@@ -20,24 +21,17 @@ someone may have added them on purpose). Other settings of an existing hook (oth
 events, name, description) are left as they are, except a push-events branch filter,
 which is cleared: tagsweeper needs push events of every branch.
 
-Exit status: 0 done (or nothing to do), 1 GitLab said no (unknown project or group,
-token refused, ...), 2 bad usage or configuration (a URL that is not http(s), no
-WEBHOOK_SECRET). The secret never appears in the output, logs or error messages.
+The secret never appears in a result or in an error message (`redact` blanks it should
+GitLab echo it back).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 from urllib.parse import urlsplit
 
-from workers.common import logs
 from workers.gitlab import AuthError, GitLab, GitLabError, NotFound
 from workers.common.settings import ConfigError, Settings
 
@@ -92,14 +86,15 @@ def check_url(value: str) -> str:
     return url
 
 
-def webhook_secret(env: Mapping[str, str] | None = None) -> str:
-    """The first of WEBHOOK_SECRET's comma-separated values (the one the web process checks first)."""
-    env = os.environ if env is None else env
-    values = [s.strip() for s in env.get("WEBHOOK_SECRET", "").split(",") if s.strip()]
-    if not values:
+def webhook_secret(settings: Settings | Mapping[str, str]) -> str:
+    """The first of WEBHOOK_SECRET's comma-separated values (the one the web process checks first),
+    from the settings (or from environment variables, read as settings)."""
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env(settings)
+    if not settings.webhook_secrets:
         raise ConfigError("WEBHOOK_SECRET is not set: register sends its first value as the hook's "
                           "secret token; set it to the same value the web process uses")
-    return values[0]
+    return settings.webhook_secrets[0]
 
 
 def same_url(existing: str | None, url: str) -> bool:
@@ -109,13 +104,6 @@ def same_url(existing: str | None, url: str) -> bool:
         return False
     a, b = existing.rstrip(), url.rstrip()
     return a == b or a == b + "/" or b == a + "/"
-
-
-def _ident(value: str) -> int | str:
-    value = value.strip()
-    if not value.strip("/"):
-        raise argparse.ArgumentTypeError("give a numeric id or a path like group/project")
-    return int(value) if value.isdigit() else value.strip("/")
 
 
 # --- GitLab -------------------------------------------------------------------------------
@@ -250,120 +238,7 @@ def unregister(gitlab: GitLab, owner: Owner, url: str, *, dry_run: bool = False)
     return result
 
 
-# --- output -------------------------------------------------------------------------------
-
-def _ids(ids: list[int]) -> str:
-    return ("hook " if len(ids) == 1 else "hooks ") + ", ".join(str(i) for i in ids)
-
-
-def _value(v) -> str:
-    return json.dumps(v) if not isinstance(v, str) else repr(v)
-
-
-def format_text(result: dict) -> str:
-    owner = f"{result['owner']['kind']} {result['owner']['path']}"
-    would = result["dry_run"]
-    lines = []
-    if result["command"] == "register":
-        if result["action"] == "created":
-            what = (f"would create a hook on {owner}" if would
-                    else f"created hook {result['hook_id']} on {owner}")
-            lines.append(f"{what} for {result['url']} (merge request, push and pipeline events; "
-                         f"SSL verification {'on' if result['enable_ssl_verification'] else 'off'}; secret token set)")
-        else:
-            verb = "would update" if would else "updated"
-            token = "token would be re-sent" if would else "token re-sent"
-            changes = result["changes"]
-            if changes:
-                detail = "; ".join(f"{k} {_value(old)} -> {_value(new)}" for k, (old, new) in changes.items())
-                lines.append(f"{verb} hook {result['hook_id']} on {owner}: {detail}; {token}")
-            else:
-                lines.append(f"{verb} hook {result['hook_id']} on {owner}: URL, events and SSL verification "
-                             f"already matched; {token} (GitLab never shows a hook's token, so it is always sent)")
-        dups = result["duplicates"]
-        if dups and result["duplicates_deleted"]:
-            verb = "would delete" if would else "deleted"
-            lines.append(f"{verb} duplicate {_ids(result['duplicates_deleted'])} with the same URL")
-        elif dups:
-            one = len(dups) == 1
-            lines.append(f"warning: {_ids(dups)} on {owner} also {'has' if one else 'have'} this URL and "
-                         f"{'delivers' if one else 'deliver'} every event again; run register with "
-                         f"--prune-duplicates to delete {'it' if one else 'them'}")
-        lines += [f"note: {n}" for n in result["notes"]]
-    else:
-        if result["action"] == "none":
-            lines.append(f"no hook for {result['url']} on {owner}: nothing to do")
-        for hook_id in result["deleted"]:
-            lines.append(f"{'would delete' if would else 'deleted'} hook {hook_id} on {owner} ({result['url']})")
-        for hook_id in result["already_gone"]:
-            lines.append(f"hook {hook_id} on {owner} was already gone")
-    return "\n".join(lines)
-
+# --- keeping the secret out of what is shown -----------------------------------------------
 
 def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, REDACTED) if secret else text
-
-
-# --- the commands -------------------------------------------------------------------------
-
-def _url_arg(value: str) -> str:
-    try:
-        return check_url(value)
-    except RegistrationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_commands(subparsers) -> None:
-    for name, help_text, handler in (
-        ("register", "create or update tagsweeper's webhook on a project or group", run_register),
-        ("unregister", "delete tagsweeper's webhook (every hook with this URL) from a project or group",
-         run_unregister),
-    ):
-        p = subparsers.add_parser(name, help=help_text, description=help_text)
-        owner = p.add_mutually_exclusive_group(required=True)
-        owner.add_argument("--project", type=_ident, help="project id or path (group/project)")
-        owner.add_argument("--group", type=_ident, help="group id or path (group webhooks need a paid tier)")
-        p.add_argument("--url", required=True, type=_url_arg,
-                       help=f"the receiver's URL, e.g. https://tagsweeper.example.com{RECEIVER_PATH}")
-        p.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
-        p.add_argument("--json", action="store_true", help="print the result as JSON")
-        if name == "register":
-            p.add_argument("--no-ssl-verification", action="store_true",
-                           help="let GitLab deliver to a receiver whose certificate it cannot verify")
-            p.add_argument("--prune-duplicates", action="store_true",
-                           help="delete the other hooks with the same URL (default: only report them)")
-        p.set_defaults(handler=handler)
-
-
-def run_register(args: argparse.Namespace, settings: Settings) -> int:
-    secret = webhook_secret()
-    return _run(args, settings, secret, lambda gitlab, owner: register(
-        gitlab, owner, args.url, secret, ssl_verification=not args.no_ssl_verification,
-        dry_run=args.dry_run, prune_duplicates=args.prune_duplicates))
-
-
-def run_unregister(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        secret = webhook_secret()  # only to keep it out of the output, should GitLab echo it
-    except ConfigError:
-        secret = None
-    return _run(args, settings, secret, lambda gitlab, owner: unregister(
-        gitlab, owner, args.url, dry_run=args.dry_run))
-
-
-def _run(args: argparse.Namespace, settings: Settings, secret: str | None, action) -> int:
-    settings.require_gitlab()
-    logs.configure(settings.log_format, level=logging.WARNING)  # the printed result says it all
-    kind, ref = ("project", args.project) if args.project is not None else ("group", args.group)
-    gitlab = GitLab(settings.gitlab_url, settings.gitlab_token, timeout=settings.http_timeout)
-    try:
-        owner = resolve(gitlab, kind, ref)
-        result = action(gitlab, owner)
-    except RegistrationError as exc:
-        print(redact(f"tagsweeper: {exc}", secret), file=sys.stderr)
-        return exc.status
-    finally:
-        gitlab.close()
-    out = json.dumps(result, indent=2) if args.json else format_text(result)
-    print(redact(out, secret))
-    return 0

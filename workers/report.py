@@ -1,4 +1,7 @@
-"""The record of one cleanup: every decision, logged as it is made and returned as the job's result."""
+"""The record of one cleanup: every decision, logged as it is made and returned as the job's result.
+
+`tagsweeper cleanup` and `tagsweeper sweep` print it with workers/cli/render.py.
+"""
 
 from __future__ import annotations
 
@@ -70,24 +73,3 @@ class Report:
             "summary": {outcome: self.count(outcome) for outcome in OUTCOMES},
             "decisions": sorted(self.decisions, key=lambda d: (d["repository"] or "", d["tag"])),
         }
-
-
-def format_text(report: dict[str, Any]) -> str:
-    """A report as people read it at a terminal."""
-    lines = [f"{'DRY RUN: ' if report['dry_run'] else ''}cleanup of branch {report['branch']!r} "
-             f"in {report.get('project') or report['project_id']} ({report['trigger']})"]
-    if report.get("skipped"):
-        lines.append(f"  skipped: {report['skipped']}")
-        return "\n".join(lines)
-    lines.append(f"  repositories: {', '.join(report['repositories']) or '(none)'}")
-    for outcome in ("deleted", "would_delete", "kept", "failed", "absent"):
-        items = [d for d in report["decisions"] if d["decision"] == outcome]
-        if not items:
-            continue
-        lines.append(f"  {outcome.replace('_', ' ')} ({len(items)}):")
-        for d in items:
-            where = d["repository"] or "all repositories"
-            lines.append(f"    {where}:{d['tag']}  ({d['reason']})")
-    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["summary"].items() if v)
-    lines.append(f"  summary: {summary or 'nothing to do'}")
-    return "\n".join(lines)

@@ -12,27 +12,18 @@ import string
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+# The policy's parts are parsed where the settings are read (workers/common/policy.py); re-exported.
+from workers.common.policy import (BRANCH_FIELDS, COMMIT_FIELDS, DEFAULT_BRANCH_TAGS, DEFAULT_COMMIT_TAGS,
+                                   DEFAULT_PROTECTED_TAGS, Policy, RuleError, compile_protected,
+                                   parse_templates)
+
 ZERO_SHA = "0" * 40
 SHA_RE = re.compile(r"[0-9a-f]{40}")
 SHA_LIKE_RE = re.compile(r"[0-9a-f]{8}|[0-9a-f]{40}")  # CI_COMMIT_SHORT_SHA / CI_COMMIT_SHA shapes
 # Docker's tag grammar (distribution/reference): a word character first, then up to 127 more.
 DOCKER_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
-# latest, stable, and release-like tags: v1, v1.2.0, 1.2, 1.2.3-rc1, v2.0.0+build.5.
-# A plain number without a dot (12345678) is not covered: it may be a short SHA.
-DEFAULT_PROTECTED_TAGS = (
-    r"latest|stable|v\d+(\.\d+)*([-+][0-9A-Za-z.-]+)?|\d+(\.\d+)+([-+][0-9A-Za-z.-]+)?"
-)
-DEFAULT_BRANCH_TAGS = ("{ref_slug}",)
-DEFAULT_COMMIT_TAGS = ("{sha}", "{short_sha}")
-
-BRANCH_FIELDS = frozenset({"ref_slug", "ref"})
-COMMIT_FIELDS = frozenset({"sha", "short_sha"})
 MAX_BRANCH_LENGTH = 255
-
-
-class RuleError(ValueError):
-    """A template, pattern or name that the rules cannot work with."""
 
 
 # --- reasons: the text people read, and a code that stays when the text is reworded -------------
@@ -132,31 +123,6 @@ def check_branch_name(branch: object) -> str:
     if any(0xD800 <= ord(c) <= 0xDFFF for c in branch):  # a lone surrogate: no URL or log can encode it
         raise RuleError("branch name is not valid Unicode")
     return branch
-
-
-def parse_templates(text: str, allowed: frozenset[str], setting: str) -> tuple[str, ...]:
-    """Split a comma-separated template list and check that it only uses known fields."""
-    templates = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not templates:
-        raise RuleError(f"{setting} is empty: give at least one template")
-    for template in templates:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        except ValueError as exc:
-            raise RuleError(f"{setting}: template {template!r} is malformed: {exc}") from None
-        unknown = fields - allowed
-        if unknown or "" in fields:
-            names = ", ".join("{%s}" % f for f in sorted(allowed))
-            raise RuleError(f"{setting}: template {template!r} uses unknown fields; allowed: {names}")
-    return templates
-
-
-def compile_protected(pattern: str) -> re.Pattern[str]:
-    """PROTECTED_TAGS is matched against the whole tag name, like GitLab's cleanup policies."""
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise RuleError(f"PROTECTED_TAGS is not a valid regular expression: {exc}") from None
 
 
 def render_branch_tags(branch: str, templates: Iterable[str]) -> set[str]:
@@ -310,15 +276,6 @@ class Facts:
     pinned_shas: Mapping[str, str] = field(default_factory=dict)
     other_refs: Mapping[str, frozenset[str]] = field(default_factory=dict)
     open_sources: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The settings that shape ownership and protection."""
-
-    branch_templates: tuple[str, ...] = DEFAULT_BRANCH_TAGS
-    commit_templates: tuple[str, ...] = DEFAULT_COMMIT_TAGS
-    protected: re.Pattern[str] = field(default_factory=lambda: re.compile(DEFAULT_PROTECTED_TAGS))
 
 
 def owned_candidates(facts: Facts, policy: Policy) -> dict[str, str]:

@@ -13,22 +13,10 @@ is about to clean, and that is the check that counts.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-# GitLab paths are ASCII: letters, digits, '_', '-', '.', not starting with '-' (and, below,
-# no segment of dots only).
-_SEGMENT = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
-_PATH_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
-_ID_RE = re.compile(r"[0-9]+")  # str.isdigit() would also take '١٢' and int() would accept it
-
-
-def is_project_path(value: object) -> bool:
-    """A namespace path GitLab could have: ASCII segments, none of them '.' or '..'."""
-    if not isinstance(value, str) or not _PATH_RE.fullmatch(value):
-        return False
-    return not any(set(segment) == {"."} for segment in value.split("/"))
+from workers.common.projects import is_project_path, parse_project
 
 
 @dataclass(frozen=True)
@@ -72,17 +60,18 @@ def parse(value: Any, setting: str = "ALLOWED_PROJECTS") -> AllowList:
             item = str(item)
         if not isinstance(item, str):
             raise ValueError(f"{setting} must be comma-separated project ids or paths")
-        text = item.strip().strip("/")
-        if not text:
-            continue
-        if _ID_RE.fullmatch(text):
-            if int(text) <= 0:
-                raise ValueError(f"{setting}: {text!r} is not a project id (ids start at 1)")
-            ids.add(int(text))
-        elif is_project_path(text):
-            if text.lower() not in paths:
-                paths.append(text.lower())
+        try:
+            entry = parse_project(item)
+        except ValueError:
+            continue  # an empty entry
+        if isinstance(entry, int):
+            if entry <= 0:
+                raise ValueError(f"{setting}: {str(entry)!r} is not a project id (ids start at 1)")
+            ids.add(entry)
+        elif is_project_path(entry):
+            if entry.lower() not in paths:
+                paths.append(entry.lower())
         else:
-            raise ValueError(f"{setting}: {text[:80]!r} is neither a project id nor a path like "
+            raise ValueError(f"{setting}: {entry[:80]!r} is neither a project id nor a path like "
                              "group/project or group/ (letters, digits, '_', '-', '.')")
     return AllowList(frozenset(ids), tuple(paths))

@@ -8,29 +8,26 @@ is the time Redis stored it, in milliseconds, so "since" is a range read, not a 
 `record()` and `read()` are the API (the dashboard and `tagsweeper status` read through it);
 `attach()` makes a cleanup's Report write every decision here, together with the
 `tags_total` counter of workers/common/metrics.py, in one round trip per decision.
-`tagsweeper audit` (added to the CLI by `add_commands`) prints the trail.
+`tagsweeper audit` (workers/cli/audit.py) prints the trail.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import re
 import time
-from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 import redis
 
 from workers.common import metrics
-from workers.common.settings import say_redis_unreachable, whole_number
+from workers.common import settings as config
+from workers.common.projects import parse_project
 
 log = logging.getLogger("tagsweeper.audit")
 
 STREAM = "tagsweeper:audit"
-DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_MAX_ENTRIES = config.DEFAULT_AUDIT_MAX_ENTRIES
 MAX_VALUE_CHARS = 1000  # a reason is a sentence or an error message; bound what one entry can cost
 
 # The fields of an entry, in the order people read them; read() returns every one (None when unset).
@@ -43,11 +40,6 @@ _CREDENTIALS = re.compile(
     r"|\bgl(?:pat|dt|rt|ptt|oas|cbt|soat|ffct|imt|agent)-[A-Za-z0-9_-]{8,}"
     r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"
 )
-
-
-def parse_max_entries(env: Mapping[str, str] | None = None) -> int:
-    """AUDIT_MAX_ENTRIES, read when a job or command starts."""
-    return whole_number(os.environ if env is None else env, "AUDIT_MAX_ENTRIES", DEFAULT_MAX_ENTRIES, minimum=1)
 
 
 # Names, not prose: only known secrets are blanked in them (a tag may look like anything).
@@ -108,7 +100,7 @@ def record(conn: redis.Redis, entry: dict, *, secrets: Iterable[str] = (), max_e
     `time` defaults to now and `reason_kind` to the one metrics derives from the decision and its `code`.
     Known `secrets`, and anything shaped like a token, are replaced by *** first.
     """
-    limit = max_entries if max_entries is not None else parse_max_entries()
+    limit = max_entries if max_entries is not None else config.audit_max_entries()
     _add(conn, entry, secrets, limit)
 
 
@@ -139,12 +131,15 @@ def read(conn: redis.Redis, *, project: int | str | None = None, since: float | 
 
 
 def _matcher(project: int | str | None):
-    if project is None or (isinstance(project, str) and not project.strip()):
+    if project is None:
         return None
-    if isinstance(project, int) or str(project).strip().isdigit():
-        wanted_id = int(project)
-        return lambda e: e["project_id"] == wanted_id
-    wanted_path = str(project).strip().strip("/").casefold()
+    try:
+        wanted = parse_project(project)
+    except ValueError:
+        return None  # blank: every project
+    if isinstance(wanted, int):
+        return lambda e: e["project_id"] == wanted
+    wanted_path = wanted.casefold()
     return lambda e: (e["project"] or "").casefold() == wanted_path
 
 
@@ -191,90 +186,6 @@ def attach(report: Any, conn: redis.Redis, settings: Any) -> Sink:
 
     job = get_current_job()
     sink = Sink(conn, job_id=job.id if job is not None else None, secrets=(settings.gitlab_token,),
-                max_entries=parse_max_entries())
+                max_entries=settings.audit_max_entries)
     report.sinks.append(sink)
     return sink
-
-
-# --- `tagsweeper audit` ----------------------------------------------------------------------
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_when(text: str, now: float | None = None) -> float:
-    """Unix time from "30m", "2h", "3d", "1w" (ago), an ISO date or time (UTC unless it says), or a number."""
-    value = text.strip()
-    relative = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value, re.I)
-    if relative:
-        return (time.time() if now is None else now) - float(relative[1]) * _UNITS[relative[2].lower()]
-    if re.fullmatch(r"\d{9,}(?:\.\d+)?", value):
-        return float(value)
-    try:
-        when = datetime.fromisoformat(value.replace(" ", "T", 1) if len(value) > 10 else value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give a time like 2026-11-20, 2026-11-20T10:00, or an age like 30m, 2h, 3d") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)  # UTC, as the table prints and /audit reads it
-    return when.timestamp()
-
-
-def _project(value: str) -> int | str:
-    value = value.strip().strip("/")
-    if not value:
-        raise argparse.ArgumentTypeError("give a numeric project id or a path like group/project")
-    return int(value) if value.isdigit() else value
-
-
-def _limit(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of entries, at least 1")
-    return n
-
-
-def add_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser("audit", help="show the audit trail: every tag decision, newest first")
-    p.add_argument("--project", type=_project, help="project id or path (group/project)")
-    p.add_argument("--since", type=parse_when, metavar="WHEN",
-                   help="only entries since WHEN: 2026-11-20, 2026-11-20T10:00, or an age: 30m, 2h, 3d")
-    p.add_argument("--limit", type=_limit, default=100, help="at most this many entries (default 100)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(handler=show)
-
-
-def show(args: argparse.Namespace, settings: Any) -> int:
-    """`tagsweeper audit`: print the trail as a table or JSON lines."""
-    conn = redis.Redis.from_url(settings.redis_url)
-    try:
-        entries = read(conn, project=args.project, since=args.since, limit=args.limit)
-    except redis.RedisError as exc:
-        return say_redis_unreachable(exc)
-    finally:
-        conn.close()
-    if args.json:
-        for entry in entries:
-            print(json.dumps(entry, ensure_ascii=False))
-    else:
-        print(format_table(entries))
-    return 0
-
-
-def format_table(entries: list[dict]) -> str:
-    """The trail as people read it at a terminal."""
-    if not entries:
-        return "no audit entries"
-    header = ("TIME (UTC)", "PROJECT", "BRANCH", "DECISION", "IMAGE", "REASON")
-    rows = [header]
-    for e in entries:
-        when = datetime.fromtimestamp(e["time"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if e["time"] else "?"
-        decision = ("dry run: " if e["dry_run"] and e["decision"] != "would_delete" else "") + str(e["decision"])
-        image = f"{e['repository'] or '*'}:{e['tag']}" if e["tag"] else "-"
-        branch = e["branch"] or ("(sweep)" if e.get("trigger") == "sweep" else "-")
-        rows.append((when, str(e["project"] or e["project_id"] or "?"), str(branch), decision,
-                     image, str(e["reason"] or "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows)

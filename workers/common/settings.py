@@ -1,30 +1,57 @@
-"""The worker's settings, read from the environment when a job or command starts (never at import)."""
+"""Every setting tagsweeper reads: its variable, its default and its parser, in one place.
+
+The web process reads its settings with `web_config()` when the app is created; the worker
+and the `tagsweeper` commands read `Settings.from_env()` when a job or command starts.
+Nothing reads the environment at import time. A bad value raises an error whose message
+says which setting and how to fix it: RuntimeError for the web process (gunicorn prints
+it and refuses to start), ConfigError for the worker and the commands.
+
+How a project is named (SWEEP_PROJECTS, ALLOWED_PROJECTS) is workers/common/projects.py's.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
-from workers import rules
 from workers.common import allowlist
+from workers.common.policy import (BRANCH_FIELDS, COMMIT_FIELDS, DEFAULT_BRANCH_TAGS, DEFAULT_COMMIT_TAGS,
+                                   DEFAULT_PROTECTED_TAGS, Policy, RuleError, compile_protected,
+                                   parse_templates)
+from workers.common.projects import parse_project
+
+# --- defaults ---------------------------------------------------------------------------------
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "tagsweeper"
+DEFAULT_SWEEP_CRON = "17 3 * * *"  # once a day, in UTC
+# The web process's.
+DEFAULT_CLEANUP_DELAY = 60
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_RETRIES = 5
+DEFAULT_RETRY_INTERVALS = (30, 60, 300, 900, 3600)
+# The audit trail's bound (workers/common/audit.py).
+DEFAULT_AUDIT_MAX_ENTRIES = 100_000
+# How long a dead holder keeps a branch's cleanup lock (workers/locks.py).
+DEFAULT_CLEANUP_LOCK_TTL = 60
+# A worker killed mid-job (SIGKILL, lost machine) leaves its job in RQ's StartedJobRegistry.
+# Another worker's maintenance retries it once the job missed its heartbeats for
+# WORKER_ABANDONED_AFTER seconds. RQ's own defaults (maintenance every 600 s, run only when an
+# idle worker wakes from a 405 s wait) can leave such a job for over a quarter of an hour.
+DEFAULT_MAINTENANCE_INTERVAL = 60
+DEFAULT_ABANDONED_AFTER = 90  # RQ's default: a 30 s heartbeat plus 60 s of grace
 
 
-def say_redis_unreachable(exc: BaseException) -> int:
-    """Tell a person at a terminal that Redis is down; exit status 1. Only the error's type is
-    shown: its text could quote REDIS_URL, and with it a password."""
-    print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
-          "start redis-server or set REDIS_URL", file=sys.stderr)
-    return 1
-
+# --- the worker's and the commands' settings -----------------------------------------------
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if env is None else env
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -50,6 +77,16 @@ def whole_number(env: Mapping[str, str], name: str, default: int, minimum: int =
     return value
 
 
+def seconds(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    """Whole seconds >= minimum; empty means the default."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ConfigError(f"{name}={raw!r}: give a whole number of seconds >= {minimum}")
+    return int(raw)
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -61,9 +98,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {value}")
     return value
-
-
-DEFAULT_SWEEP_CRON = "17 3 * * *"  # once a day, in UTC
 
 
 def _cron(env: Mapping[str, str], name: str) -> str:
@@ -85,15 +119,39 @@ def _projects(env: Mapping[str, str], name: str) -> tuple[int | str, ...]:
     """Comma-separated project ids or paths (group/project)."""
     out: list[int | str] = []
     for item in env.get(name, "").split(","):
-        item = item.strip().strip("/")
-        if not item:
-            continue
-        if not item.isdigit() and not re.fullmatch(r"[\w.-]+(/[\w.-]+)+", item):
-            raise ConfigError(f"{name}: {item!r} is neither a project id nor a path like group/project")
-        value: int | str = int(item) if item.isdigit() else item
+        try:
+            value = parse_project(item)
+        except ValueError:
+            continue  # an empty item
+        if isinstance(value, str) and not re.fullmatch(r"[\w.-]+(/[\w.-]+)+", value):
+            raise ConfigError(f"{name}: {value!r} is neither a project id nor a path like group/project")
         if value not in out:
             out.append(value)
     return tuple(out)
+
+
+def _secrets(value: str | list | tuple) -> tuple[str, ...]:
+    """WEBHOOK_SECRET's comma-separated values (or a list of them), stripped, empties dropped, in order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(s.strip() for s in items if s.strip())
+
+
+def _policy(env: Mapping[str, str]) -> Policy:
+    try:
+        return Policy(
+            branch_templates=parse_templates(env.get("BRANCH_TAGS") or ",".join(DEFAULT_BRANCH_TAGS),
+                                             BRANCH_FIELDS, "BRANCH_TAGS"),
+            commit_templates=parse_templates(env.get("COMMIT_TAGS") or ",".join(DEFAULT_COMMIT_TAGS),
+                                             COMMIT_FIELDS, "COMMIT_TAGS"),
+            protected=compile_protected(env.get("PROTECTED_TAGS") or DEFAULT_PROTECTED_TAGS),
+        )
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def audit_max_entries(env: Mapping[str, str] | None = None) -> int:
+    """AUDIT_MAX_ENTRIES: how many entries the audit trail keeps (about)."""
+    return whole_number(_env(env), "AUDIT_MAX_ENTRIES", DEFAULT_AUDIT_MAX_ENTRIES, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -103,7 +161,7 @@ class Settings:
     gitlab_url: str = ""
     gitlab_token: str = field(default="", repr=False)
     dry_run: bool = False
-    policy: rules.Policy = field(default_factory=rules.Policy)
+    policy: Policy = field(default_factory=Policy)
     delete_concurrency: int = 4
     http_timeout: float = 30.0
     pipeline_memory_days: int = 90
@@ -117,6 +175,12 @@ class Settings:
     sweep_timeout: int = 14400
     # ALLOWED_PROJECTS: a cleanup of any other project is skipped (empty: every project).
     allowed_projects: allowlist.AllowList = field(default_factory=allowlist.AllowList)
+    audit_max_entries: int = DEFAULT_AUDIT_MAX_ENTRIES
+    cleanup_lock_ttl: int = DEFAULT_CLEANUP_LOCK_TTL
+    worker_maintenance_interval: int = DEFAULT_MAINTENANCE_INTERVAL
+    worker_abandoned_after: int = DEFAULT_ABANDONED_AFTER
+    # WEBHOOK_SECRET's values: `tagsweeper register` gives GitLab the first one.
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def api_url(self) -> str:
@@ -132,23 +196,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
+        env = _env(env)
         gitlab_url = env.get("GITLAB_URL", "").strip().rstrip("/")
         gitlab_url = re.sub(r"/api/v4$", "", gitlab_url)
         if gitlab_url and not re.match(r"https?://[^/\s]+", gitlab_url):
             raise ConfigError(f"GITLAB_URL={gitlab_url!r} must start with http:// or https://")
-        try:
-            policy = rules.Policy(
-                branch_templates=rules.parse_templates(
-                    env.get("BRANCH_TAGS") or ",".join(rules.DEFAULT_BRANCH_TAGS),
-                    rules.BRANCH_FIELDS, "BRANCH_TAGS"),
-                commit_templates=rules.parse_templates(
-                    env.get("COMMIT_TAGS") or ",".join(rules.DEFAULT_COMMIT_TAGS),
-                    rules.COMMIT_FIELDS, "COMMIT_TAGS"),
-                protected=rules.compile_protected(env.get("PROTECTED_TAGS") or rules.DEFAULT_PROTECTED_TAGS),
-            )
-        except rules.RuleError as exc:
-            raise ConfigError(str(exc)) from None
+        policy = _policy(env)
         log_format = env.get("LOG_FORMAT", "json").strip().lower() or "json"
         if log_format not in ("json", "text"):
             raise ConfigError(f"LOG_FORMAT={log_format!r}: use json or text")
@@ -181,4 +234,143 @@ class Settings:
             pipeline_memory_days=whole_number(env, "PIPELINE_MEMORY_DAYS", 90, minimum=1),
             pipeline_memory_cap=whole_number(env, "PIPELINE_MEMORY_CAP", 500, minimum=1),
             log_format=log_format,
+            audit_max_entries=audit_max_entries(env),
+            cleanup_lock_ttl=whole_number(env, "CLEANUP_LOCK_TTL", DEFAULT_CLEANUP_LOCK_TTL, minimum=1),
+            worker_maintenance_interval=seconds(env, "WORKER_MAINTENANCE_INTERVAL", DEFAULT_MAINTENANCE_INTERVAL),
+            worker_abandoned_after=seconds(env, "WORKER_ABANDONED_AFTER", DEFAULT_ABANDONED_AFTER, minimum=2),
+            webhook_secrets=_secrets(env.get("WEBHOOK_SECRET", "")),
         )
+
+
+# --- the web process's settings --------------------------------------------------------------
+
+MISSING_SECRET = (
+    "WEBHOOK_SECRET is not set: the web process refuses to start without a webhook secret; "
+    "set it to the secret token configured on the GitLab webhook"
+)
+
+# The variables web_config reads: a key of the same name in create_app's test_config overrides one.
+WEB_VARIABLES = frozenset({"WEBHOOK_SECRET", "REDIS_URL", "CLEANUP_DELAY", "MAX_BODY_BYTES", "RQ_QUEUE",
+                           "CLEANUP_RETRIES", "CLEANUP_RETRY_INTERVALS", "LOG_FORMAT",
+                           "DASHBOARD_USER", "DASHBOARD_PASSWORD", "WEBHOOK_SIGNING_KEY", "ALLOWED_PROJECTS",
+                           "GITLAB_TOKEN"})
+
+
+def web_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None, *,
+               signing_keys: Callable[[Any], tuple[bytes, ...]]) -> dict[str, Any]:
+    """Flask config keys for the hooks app, validated.
+
+    Each value comes from `overrides` when that has the key, else from `environ`, else from
+    its default. `signing_keys` parses WEBHOOK_SIGNING_KEY (the format is hooks.signing's:
+    only the web side verifies signatures); its ValueError says what is wrong.
+    """
+    overrides = overrides or {}
+
+    def raw(name: str) -> Any:
+        return overrides[name] if name in overrides else environ.get(name)
+
+    return {
+        "WEBHOOK_SECRETS": parse_secrets(raw("WEBHOOK_SECRET")),
+        "REDIS_URL": parse_text(raw("REDIS_URL"), "REDIS_URL", DEFAULT_REDIS_URL),
+        "CLEANUP_DELAY": parse_whole(raw("CLEANUP_DELAY"), "CLEANUP_DELAY", DEFAULT_CLEANUP_DELAY, 0, "seconds"),
+        "MAX_BODY_BYTES": parse_whole(raw("MAX_BODY_BYTES"), "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, "bytes"),
+        "RQ_QUEUE": parse_text(raw("RQ_QUEUE"), "RQ_QUEUE", DEFAULT_QUEUE),
+        "CLEANUP_RETRIES": parse_whole(raw("CLEANUP_RETRIES"), "CLEANUP_RETRIES", DEFAULT_RETRIES, 0, "retries"),
+        "CLEANUP_RETRY_INTERVALS": parse_intervals(raw("CLEANUP_RETRY_INTERVALS")),
+        "LOG_FORMAT": parse_choice(raw("LOG_FORMAT"), "LOG_FORMAT", ("json", "text")),
+        # The dashboard (/rq/, /audit) is on only when both are set; see hooks/dashboard.py.
+        "DASHBOARD_USER": parse_optional(raw("DASHBOARD_USER"), "DASHBOARD_USER"),
+        "DASHBOARD_PASSWORD": parse_optional(raw("DASHBOARD_PASSWORD"), "DASHBOARD_PASSWORD"),
+        # Signed deliveries (Standard Webhooks) are required when set; see hooks/signing.py.
+        "WEBHOOK_SIGNING_KEYS": _signing_keys(raw("WEBHOOK_SIGNING_KEY"), signing_keys),
+        "ALLOWED_PROJECTS": parse_allowed_projects(raw("ALLOWED_PROJECTS")),
+        # The web process has no use for GITLAB_TOKEN, but honcho gives it the worker's environment:
+        # the dashboard blanks it out of what it shows.
+        "GITLAB_TOKEN": raw("GITLAB_TOKEN") or "",
+    }
+
+
+def _signing_keys(value: Any, parse: Callable[[Any], tuple[bytes, ...]]) -> tuple[bytes, ...]:
+    """Comma-separated whsec_<base64> keys, () when unset; the message never shows a key."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+def parse_allowed_projects(value: Any) -> allowlist.AllowList:
+    """Comma-separated project ids, paths and group paths; empty allows every project."""
+    try:
+        return allowlist.parse(value)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+def parse_intervals(value: Any) -> tuple[int, ...]:
+    """Comma-separated seconds between a failed cleanup's retries (the last one repeats)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_RETRY_INTERVALS
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        intervals = tuple(int(str(v).strip()) for v in items if str(v).strip())
+    except ValueError:
+        intervals = ()
+    if not intervals or min(intervals) < 0:
+        raise RuntimeError(f"CLEANUP_RETRY_INTERVALS must be comma-separated whole seconds, got {value!r}")
+    return intervals
+
+
+def parse_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return choices[0]
+    if not isinstance(value, str) or value.strip().lower() not in choices:
+        raise RuntimeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.strip().lower()
+
+
+def parse_secrets(value: Any) -> tuple[str, ...]:
+    """Comma-separated secrets (or a list), whitespace stripped, empties dropped; at least one."""
+    if value is None:
+        value = ()
+    elif not isinstance(value, str) and not (isinstance(value, (list, tuple))
+                                             and all(isinstance(v, str) for v in value)):
+        raise RuntimeError("WEBHOOK_SECRET must be a string of comma-separated secrets")
+    secrets = _secrets(value)
+    if not secrets:
+        raise RuntimeError(MISSING_SECRET)
+    return secrets
+
+
+def parse_whole(value: Any, name: str, default: int, minimum: int, unit: str) -> int:
+    """A whole number >= minimum; empty means the default. The message shows the bad value."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = None
+    if number is None or number < minimum:
+        raise RuntimeError(f"{name} must be a whole number of {unit} >= {minimum}, got {value!r}")
+    return number
+
+
+def parse_optional(value: Any, name: str) -> str | None:
+    """A string with whitespace stripped, or None when unset or empty. The message never shows the value."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RuntimeError(f"{name} must be a string")
+    return value.strip() or None
+
+
+def parse_text(value: Any, name: str, default: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if not isinstance(value, str):
+        raise RuntimeError(f"{name} must be a string")
+    return value.strip()

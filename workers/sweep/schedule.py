@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
+from workers.common.projects import parse_project
 from workers.common.settings import Settings
 
 log = logging.getLogger("tagsweeper.sweep")
@@ -37,18 +38,16 @@ def forget_project(conn: redis.Redis, project_id: int | str) -> None:
     conn.srem(PROJECTS_KEY, str(project_id))
 
 
-def _as_project(value: str | int) -> int | str:
-    text = str(value).strip().strip("/")
-    return int(text) if text.isdigit() else text
-
-
 def scheduled_projects(conn: redis.Redis, settings: Settings) -> list[int | str]:
     """Every project that sent a delivery, and SWEEP_PROJECTS."""
     found: list[int | str] = []
     members = sorted(m.decode() if isinstance(m, bytes) else m for m in conn.smembers(PROJECTS_KEY))
     for value in [*members, *settings.sweep_projects]:
-        project = _as_project(value)
-        if project != "" and project not in found:
+        try:
+            project = parse_project(value)
+        except ValueError:
+            continue  # a blank member
+        if project not in found:
             found.append(project)
     return found
 

@@ -1,0 +1,83 @@
+"""What every `tagsweeper` command shares: how a project is named, and how a command runs.
+
+`project` and `group` are the argparse types of --project and --group. `run` is the skeleton
+every command runs in: it reads the settings, sets up logging and calls the command's
+`handler(args, settings) -> exit status`; then it turns a failure into one line on stderr
+and an exit status:
+
+- a setting missing or malformed (ConfigError): "tagsweeper: configuration error: ...", 2;
+- Redis unreachable: "tagsweeper: Redis at REDIS_URL is unreachable (...)", 1;
+- a failure the command foresaw (CommandError): "tagsweeper: <its message>", its status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+import redis
+
+from workers.common import logs
+from workers.common.projects import parse_project
+from workers.common.settings import ConfigError, Settings
+
+
+class CommandError(Exception):
+    """A command's failure, with the message to print and the exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def project(value: str) -> int | str:
+    """--project: a numeric project id or a path like group/project."""
+    try:
+        return parse_project(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def group(value: str) -> int | str:
+    """--group: a numeric group id or a path like group or group/subgroup (named as projects are)."""
+    try:
+        return parse_project(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("give a numeric group id or a path like group or group/subgroup") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command `args` names (its `handler`); return the process's exit status."""
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_format)
+        return args.handler(args, settings)
+    except ConfigError as exc:
+        print(f"tagsweeper: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"tagsweeper: {exc}", file=sys.stderr)
+        return exc.status
+    except redis.RedisError as exc:
+        return say_redis_unreachable(exc)
+
+
+def say_redis_unreachable(exc: BaseException) -> int:
+    """Tell a person at a terminal that Redis is down; exit status 1. Only the error's type is
+    shown: its text could quote REDIS_URL, and with it a password."""
+    print(f"tagsweeper: Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
+          "start redis-server or set REDIS_URL", file=sys.stderr)
+    return 1
+
+
+def quiet_logs(settings: Settings) -> None:
+    """Log warnings and errors only: the printed report says it all."""
+    logs.configure(settings.log_format, level=logging.WARNING)
+
+
+def answer(args: argparse.Namespace, value: Any, as_text: Callable[[Any], str], **json_options: Any) -> str:
+    """A command's answer: JSON with --json, else the text people read."""
+    return json.dumps(value, indent=2, **json_options) if args.json else as_text(value)
