@@ -19,7 +19,7 @@ import redis
 from rq import Worker as RQWorker
 from rq.defaults import DEFAULT_WORKER_TTL
 
-from workers import cleanup, inbox
+from workers import cleanup
 from workers.common import logs
 from workers.gitlab import GitLab, GitLabError
 from workers.report import format_text
@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=run_cleanup)
 
     p = sub.add_parser("worker", help="run an RQ worker (with its scheduler) for the cleanup queue, "
-                                     "moving accepted deliveries from the inbox into it")
-    p.add_argument("--burst", action="store_true", help="move the inbox once, then quit when the queue is empty")
+                                     "plus the sweep schedule; it waits out Redis restarts")
+    p.add_argument("--burst", action="store_true", help="run what is due now, then quit when the queue is empty")
     p.add_argument("--name", help="worker name")
     p.add_argument("--maintenance-interval", type=_seconds, metavar="SECONDS",
                    help="how often this worker runs RQ's maintenance, which retries the jobs of dead "
@@ -236,16 +236,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
                      # queue (worker_ttl - 15 s long): wake it at least once per interval.
                      worker_ttl=min(DEFAULT_WORKER_TTL, maintenance + 15))
     worker.heartbeat_grace = abandoned - monitoring
-    # Deliveries the web side accepted wait in the inbox until a worker makes them RQ jobs.
-    if args.burst:
-        try:
-            inbox.drain(conn, settings.queue, worker.name)
-        except redis.RedisError as exc:
-            return say_redis_unreachable(exc)
-        mover = None
-    else:
-        mover = inbox.Mover(settings.redis_url, settings.queue, worker.name)
-        mover.start()
     schedule = None
     if settings.sweep_cron and not args.burst:
         from workers.sweep import Scheduler  # SWEEP_CRON: enqueues the scheduled sweeps, once per slot
@@ -257,8 +247,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if schedule is not None:
             schedule.stop()
-        if mover is not None:
-            mover.stop(timeout=5)
     return 0
 
 

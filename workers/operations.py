@@ -28,7 +28,6 @@ from rq.job import Job, JobStatus
 from rq.registry import (CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
                          StartedJobRegistry)
 
-from workers import inbox
 from workers.common.settings import Settings, say_redis_unreachable
 
 # How long the CLI waits on Redis: an operator at a terminal wants an answer, not a hang.
@@ -225,7 +224,7 @@ def status(conn: redis.Redis, queue_name: str, *, failed_shown: int = FAILED_SHO
 def queue_counts(conn: redis.Redis, name: str) -> dict[str, Any]:
     queue = Queue(name, connection=conn)
     # cleanup=False: counting must not move expired jobs around (RQ's count property would).
-    return {"name": name, "inbox": inbox.depth(conn, name), "queued": queue.count,
+    return {"name": name, "queued": queue.count,
             **{label: registry(name, connection=conn).get_job_count(cleanup=False)
                for label, registry in (("scheduled", ScheduledJobRegistry), ("started", StartedJobRegistry),
                                        ("failed", FailedJobRegistry), ("finished", FinishedJobRegistry))}}
@@ -282,7 +281,7 @@ def _iso(moment: datetime | None) -> str | None:
 def format_status(report: dict[str, Any]) -> str:
     lines = ["queues:"]
     for q in report["queues"]:
-        lines.append(f"  {q['name']}: {q['inbox']} in the inbox, {q['queued']} queued, {q['scheduled']} scheduled, {q['started']} started, "
+        lines.append(f"  {q['name']}: {q['queued']} queued, {q['scheduled']} scheduled, {q['started']} started, "
                      f"{q['failed']} failed, {q['finished']} finished")
     lines.append(f"workers ({len(report['workers'])}):" if report["workers"] else
                  "workers: none running (start one with `tagsweeper worker`)")
