@@ -20,9 +20,7 @@ from typing import Any, Iterable, Mapping, Union
 
 from hooks import signing
 from workers.common.allowlist import AllowList
-
-CLEANUP_FUNC = "workers.jobs.cleanup_branch"
-RECORD_PIPELINE_FUNC = "workers.jobs.record_pipeline"
+from workers.common.queue import CLEANUP_BRANCH, RECORD_PIPELINE
 
 ZERO_SHA = "0" * 40
 BRANCH_PREFIX = "refs/heads/"
@@ -99,7 +97,7 @@ class Cleanup:
     delivery: str | None = None
 
     name = "cleanup_branch"
-    func = CLEANUP_FUNC
+    func = CLEANUP_BRANCH
 
     def job_kwargs(self) -> dict[str, Any]:
         return {
@@ -150,7 +148,7 @@ class RecordPipeline:
     delivery: str | None = None
 
     name = "record_pipeline"
-    func = RECORD_PIPELINE_FUNC
+    func = RECORD_PIPELINE
     trigger = "pipeline"
 
     def job_kwargs(self) -> dict[str, Any]:

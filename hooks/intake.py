@@ -1,14 +1,13 @@
-"""The intake: hands a decision to the worker side, once, in one Redis round trip.
+"""The intake: a delivery's decision made the RQ job it asks for, once, before it is answered.
 
-`submit` runs workers.inbox's ACCEPT script: it refuses a job id that is already known
-(a re-sent delivery, or a project hook and a group hook for the same event: answered
-"duplicate"), else appends the job's record to the queue's inbox stream, and counts the
-delivery for /metrics either way. A worker's mover turns the record into the RQ job with
-that id, delayed by CLEANUP_DELAY from the moment the delivery was accepted.
+`submit` enqueues the decision's job with workers.common.queue: its deterministic id, RQ's
+`unique=True` (a re-sent delivery, or a project hook and a group hook for the same event,
+finds the job and is answered "duplicate"), CLEANUP_DELAY for a cleanup. That is one Redis
+round trip; counting the delivery for /metrics is one more, pipelined after it. An accepted
+delivery is an RQ job (queued or scheduled) by the time it is answered.
 
-The web process does not build RQ jobs: that cost more CPU than the rest of the request
-(docs/benchmarks.md). Jobs are named by dotted path, so the web process never imports the
-worker's jobs. One Intake per app: one connection pool, one registered script.
+Jobs are named by dotted path, so the web process never imports the worker's jobs. One
+Intake per app: one connection pool, one queue.
 """
 
 from __future__ import annotations
@@ -22,19 +21,12 @@ import redis
 from flask import Flask, current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
+from rq import Queue
 
 from hooks.events import Cleanup, RecordPipeline
-from workers import inbox
-from workers.common import metrics
+from workers.common import metrics, queue
 
 EXTENSION = "tagsweeper.intake"
-
-DAY = 86400
-CLEANUP_RESULT_TTL = 30 * DAY  # a finished cleanup's id blocks repeats this long: the dedupe window
-FAILURE_TTL = 30 * DAY
-JOB_TIMEOUT = 900
-PIPELINE_RESULT_TTL = 3600
-PIPELINE_RETRY = (3, [10])
 
 # GitLab gives up after 10 s: with 2 s timeouts and one retry a dead Redis is a 503 well before.
 SOCKET_TIMEOUT = 2.0
@@ -53,45 +45,38 @@ class Receipt:
 class Intake:
     def __init__(self, redis_url: str, queue_name: str, cleanup_delay: int,
                  retries: int = 5, retry_intervals: tuple[int, ...] = (30, 60, 300, 900, 3600)):
-        self.cleanup_delay = cleanup_delay
-        # No retry object with CLEANUP_RETRIES=0: a failed cleanup goes straight to "failed".
-        self.cleanup_retry = (retries, list(retry_intervals)) if retries else None
+        self.cleanup_options = queue.cleanup_options(cleanup_delay, retries, retry_intervals)
         self.queue_name = queue_name
-        self.inbox_key = inbox.key(queue_name)
         self._redacted = _url_secrets(redis_url)
         pool = redis.ConnectionPool.from_url(
             redis_url,
             socket_connect_timeout=SOCKET_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
             # One immediate retry survives a pooled connection that Redis closed meanwhile;
-            # a retried script that had in fact run finds the id seen and answers "duplicate".
+            # a retried enqueue that had in fact run finds its job and answers "duplicate".
             retry=RedisRetry(NoBackoff(), 1),
         )
         self.connection = redis.Redis(connection_pool=pool)
-        self._accept = self.connection.register_script(inbox.ACCEPT)
+        self.queue = Queue(queue_name, connection=self.connection)
 
     def submit(self, decision: Cleanup | RecordPipeline, event: str | None = None) -> Receipt:
-        """Accept the decision's job unless its id is known already; counts the delivery too."""
+        """Enqueue the decision's job unless its id is a job already; counts the delivery too."""
         job_id = decision.job_id()
-        if isinstance(decision, Cleanup):
-            retry, result_ttl, delay = self.cleanup_retry, CLEANUP_RESULT_TTL, self.cleanup_delay
-            counted = _cleanup_series(decision.trigger)
-        else:
-            retry, result_ttl, delay = PIPELINE_RETRY, PIPELINE_RESULT_TTL, 0
-            counted = ""
-        text = inbox.encode(inbox.Record(
-            id=job_id, func=decision.func, kwargs=decision.job_kwargs(), description=decision.describe(),
-            meta={"delivery": decision.delivery, "trigger": decision.trigger}, delay=delay,
-            timeout=JOB_TIMEOUT, result_ttl=result_ttl, failure_ttl=FAILURE_TTL, retry=retry))
+        cleanup = isinstance(decision, Cleanup)
+
+        def count(pipe, status: str) -> None:
+            pipe.hincrby(metrics.DELIVERIES.key, _delivery_series(event, status), 1)
+            if cleanup and status == queue.ENQUEUED:
+                pipe.hincrby(metrics.CLEANUPS_ENQUEUED.key, _cleanup_series(decision.trigger), 1)
+
         try:
-            accepted = self._accept(
-                keys=[inbox.seen_key(job_id), inbox.job_key(job_id), self.inbox_key,
-                      metrics.DELIVERIES.key, metrics.CLEANUPS_ENQUEUED.key],
-                args=[result_ttl, text, _delivery_series(event, "enqueued"), _delivery_series(event, "duplicate"),
-                      counted])
+            status = queue.enqueue(
+                self.queue, decision.func, job_id, kwargs=decision.job_kwargs(),
+                options=self.cleanup_options if cleanup else queue.PIPELINE, description=decision.describe(),
+                meta={"delivery": decision.delivery, "trigger": decision.trigger}, then=count)
         except redis.RedisError as exc:
             raise QueueUnavailable(self.describe_error(exc)) from None
-        return Receipt("enqueued" if accepted else "duplicate", job_id)
+        return Receipt(status, job_id)
 
     def ping(self) -> None:
         try:
@@ -104,7 +89,7 @@ class Intake:
         return redact(f"queue unavailable (Redis): {type(exc).__name__}: {exc}", self._redacted)
 
 
-# Label strings of the counters ACCEPT increments; their values come from small fixed sets.
+# Label strings of the delivery counters; their values come from small fixed sets.
 @lru_cache(maxsize=256)
 def _delivery_series(event: str | None, outcome: str) -> str:
     return metrics.delivery_series(event, outcome)

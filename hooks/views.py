@@ -2,9 +2,9 @@
 
 The view only moves bytes: it reads the body within the size limit, hands headers and
 body to `events.parse_delivery`, and gives the decision to the intake. It answers in
-milliseconds (one Redis round trip: the intake's script, which also counts the delivery
-for /metrics; an ignored or refused delivery is one round trip for that counter) and
-never calls GitLab.
+milliseconds (two Redis round trips: RQ's unique enqueue of the job, then the delivery's
+counter for /metrics; an ignored or refused delivery is one round trip for that counter)
+and never calls GitLab.
 
 With WEBHOOK_SIGNING_KEY set, a delivery whose signature checked out also claims its
 `webhook-id` in Redis (SET NX EX, for as long as its timestamp is acceptable): the same
@@ -52,7 +52,7 @@ def receive_gitlab():
     def answer(status: int, body: dict[str, Any], outcome: str, **fields: Any):
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         log_delivery(**{"outcome": outcome, "status": status, **context, **fields, "duration_ms": duration_ms})
-        # The intake's script counted an accepted or duplicate delivery in its own round trip;
+        # The intake counted an accepted or duplicate delivery right after its enqueue;
         # after "unavailable", Redis just failed this request: don't wait on it a second time.
         if outcome not in ("enqueued", "duplicate", "unavailable"):
             count_delivery(get_intake().connection, event=event, outcome=outcome)

@@ -228,7 +228,7 @@ def test_redis_restart_loses_nothing_accepted_and_both_processes_recover(tmp_pat
         r = svc.post(merge_payload(shops[2][0]), "Merge Request Hook", key="scheduled")
         assert r.status_code == 202, r.text
         accepted.append(r.json()["job_id"])
-        wait_until(lambda: job_or_none(conn, accepted[2]), 10, "third moved from the inbox", svc)
+        wait_until(lambda: job_or_none(conn, accepted[2]), 10, "third a job", svc)
         assert [Job.fetch(j, connection=conn).get_status() for j in accepted] == ["started", "queued", "scheduled"]
         pids = (svc.web.pid, svc.workers[0].pid)
 

@@ -17,8 +17,8 @@ from hooks import create_app
 from hooks.logs import LOGGER_NAME, JsonFormatter
 from tests.support.webapp import SECOND_SECRET, SECRET, body_of, headers, keyspace, make_app, post
 from workers.common.settings import MISSING_SECRET
-from workers import inbox
 from tests.support.procs import free_port
+from tests.support.queue import job_ids
 
 REDIS_PASSWORD = "hunter2-redis-pass"
 QUEUE = "tagsweeper"
@@ -35,14 +35,6 @@ def job_keys(conn: redis.Redis) -> list[bytes]:
     return sorted(conn.keys("rq:job:*"))
 
 
-def inbox_ids(conn: redis.Redis, queue: str = QUEUE) -> list[str]:
-    """The job ids of the records the web side left in the inbox, oldest first."""
-    return [inbox.parse(fields[b"r"]).id for _, fields in conn.xrange(inbox.key(queue))]
-
-
-def move(conn: redis.Redis, queue: str = QUEUE) -> int:
-    """What a worker's mover does: the inbox's records become RQ jobs."""
-    return inbox.drain(conn, queue, "test-mover")
 
 
 def dead_redis_url() -> str:
@@ -59,11 +51,7 @@ def test_merge_schedules_one_cleanup_job(client, conn):
     job_id = resp.json["job_id"]
     assert resp.json == {"status": "enqueued", "job_id": job_id, "action": "cleanup_branch"}
     assert job_id.startswith("cleanup-4711-merge-")
-    assert inbox_ids(conn) == [job_id]
-    assert job_keys(conn) == []  # the web side builds no RQ job: a worker's mover does
-
-    assert move(conn) == 1
-    assert inbox_ids(conn) == []
+    assert job_ids(conn) == [job_id]  # an RQ job the moment it is answered
     queue = Queue(QUEUE, connection=conn)
     registry = ScheduledJobRegistry(queue=queue)
     assert registry.get_job_ids(cleanup=False) == [job_id]
@@ -102,7 +90,6 @@ def test_without_delay_the_cleanup_is_queued_now(redis_url, conn):
     client = make_app(redis_url, CLEANUP_DELAY="0").test_client()
     resp = post(client, "push_branch_deleted.json", "Push Hook")
     assert resp.status_code == 202, resp.json
-    assert move(conn) == 1
     queue = Queue(QUEUE, connection=conn)
     assert queue.job_ids == [resp.json["job_id"]]
     assert ScheduledJobRegistry(queue=queue).count == 0
@@ -120,20 +107,21 @@ def test_resent_delivery_is_a_duplicate(client, conn):
     again = post(client, "merge_request_merge.json")
     assert again.status_code == 200
     assert again.json == {"status": "duplicate", "job_id": first.json["job_id"]}
-    assert inbox_ids(conn) == [first.json["job_id"]]
+    assert job_ids(conn) == [first.json["job_id"]]
     assert keyspace(conn) == snapshot
 
 
 def test_an_id_that_is_an_rq_job_already_is_a_duplicate(client, conn):
-    # The seen key expired (or the job came from `tagsweeper sweep`): the job itself still blocks a repeat.
-    first = post(client, "merge_request_merge.json")
-    move(conn)
-    conn.delete(inbox.seen_key(first.json["job_id"]))
+    # The job came from elsewhere (`tagsweeper replay`, another web process): it blocks a repeat.
+    job_id = post(client, "merge_request_merge.json").json["job_id"]
+    conn.flushall()
+    Queue(QUEUE, connection=conn).enqueue_call("workers.jobs.cleanup_branch", kwargs={"branch": "kept"},
+                                               job_id=job_id)
     snapshot = keyspace(conn)
     again = post(client, "merge_request_merge.json")
     assert again.status_code == 200 and again.json["status"] == "duplicate"
     assert keyspace(conn) == snapshot
-    assert inbox_ids(conn) == []
+    assert Job.fetch(job_id, connection=conn).kwargs == {"branch": "kept"}
 
 
 def test_project_hook_and_group_hook_make_one_job(client, conn):
@@ -143,16 +131,14 @@ def test_project_hook_and_group_hook_make_one_job(client, conn):
     assert project_hook.status_code == 202
     assert group_hook.status_code == 200 and group_hook.json["status"] == "duplicate"
     assert group_hook.json["job_id"] == project_hook.json["job_id"]
-    assert inbox_ids(conn) == [project_hook.json["job_id"]]
-    assert move(conn) == 1
+    assert job_ids(conn) == [project_hook.json["job_id"]]
     assert Job.fetch(project_hook.json["job_id"], connection=conn).meta["delivery"] == "project-hook-key"
 
 
 def test_merge_and_branch_deletion_are_separate_jobs(client, conn):
     assert post(client, "merge_request_merge.json").status_code == 202
     assert post(client, "push_branch_deleted.json", "Push Hook").status_code == 202
-    assert len(set(inbox_ids(conn))) == 2
-    assert move(conn) == 2
+    assert len(set(job_ids(conn))) == 2
     assert len(job_keys(conn)) == 2
 
 
@@ -163,14 +149,13 @@ def test_recreated_branch_deleted_again_is_a_new_job(client, conn):
     second = client.post("/hooks/gitlab", json=payload, headers=headers("Push Hook"))
     assert first.status_code == second.status_code == 202
     assert first.json["job_id"] != second.json["job_id"]
-    assert inbox_ids(conn) == [first.json["job_id"], second.json["job_id"]]
+    assert job_ids(conn) == [first.json["job_id"], second.json["job_id"]]
 
 
 def test_pipeline_is_recorded_at_once_and_status_changes_collapse(client, conn):
     resp = post(client, "pipeline_merge_request.json", "Pipeline Hook")
     assert resp.status_code == 202, resp.json
     assert resp.json["action"] == "record_pipeline"
-    assert move(conn) == 1
     queue = Queue(QUEUE, connection=conn)
     assert queue.job_ids == [resp.json["job_id"]]  # no delay, even with CLEANUP_DELAY=60
     job = Job.fetch(resp.json["job_id"], connection=conn)
@@ -185,7 +170,7 @@ def test_pipeline_is_recorded_at_once_and_status_changes_collapse(client, conn):
     payload["object_attributes"]["status"] = "running"
     again = client.post("/hooks/gitlab", json=payload, headers=headers("Pipeline Hook", **{"Idempotency-Key": "k2"}))
     assert again.json == {"status": "duplicate", "job_id": resp.json["job_id"]}
-    assert inbox_ids(conn) == []
+    assert job_ids(conn) == [resp.json["job_id"]]
     assert queue.count == 1
 
 
@@ -194,7 +179,7 @@ def test_chunked_body_without_content_length_is_read(client, conn):
     resp = client.post("/hooks/gitlab", input_stream=io.BytesIO(body), headers=headers(),
                        environ_overrides={"wsgi.input_terminated": True})
     assert resp.status_code == 202, resp.json
-    assert inbox_ids(conn) == [resp.json["job_id"]]
+    assert job_ids(conn) == [resp.json["job_id"]]
 
 
 # --- ignored ---------------------------------------------------------------------------
@@ -350,8 +335,7 @@ def test_settings_come_from_the_environment_when_the_app_is_created(redis_url, c
     resp = app.test_client().post("/hooks/gitlab", data=body_of("merge_request_merge.json"),
                                   headers=headers(**{"X-Gitlab-Token": "env-secret"}))
     assert resp.status_code == 202
-    assert inbox_ids(conn, "other-queue") == [resp.json["job_id"]]
-    assert move(conn, "other-queue") == 1
+    assert job_ids(conn, "other-queue") == [resp.json["job_id"]]
     assert Queue("other-queue", connection=conn).job_ids == [resp.json["job_id"]]
 
 

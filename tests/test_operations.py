@@ -75,12 +75,12 @@ def test_status_of_an_idle_service(redis_url):
     done = tagsweeper(redis_url, "status", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["queues"] == [{"name": QUEUE, "inbox": 0, "queued": 0, "scheduled": 0, "started": 0,
+    assert report["queues"] == [{"name": QUEUE, "queued": 0, "scheduled": 0, "started": 0,
                                  "failed": 0, "finished": 0}]
     assert report["workers"] == [] and report["failed_jobs"] == [] and report["failed_total"] == 0
     assert report["decisions"] == []
     text = tagsweeper(redis_url, "status").stdout
-    assert "tagsweeper: 0 in the inbox, 0 queued, 0 scheduled, 0 started, 0 failed, 0 finished" in text
+    assert "tagsweeper: 0 queued, 0 scheduled, 0 started, 0 failed, 0 finished" in text
     assert "workers: none running" in text and "failed jobs on 'tagsweeper': none" in text
 
 
@@ -89,7 +89,7 @@ def test_status_shows_queues_workers_failed_jobs_and_the_last_decisions(redis_ur
     enqueue(conn, 9)
     work(redis_url)  # a finished one
     enqueue(conn, 10)  # and one waiting
-    # A delivery accepted by the web side, not yet moved into RQ (no worker serves this queue).
+    # A delivery accepted by the web side: a cleanup scheduled CLEANUP_DELAY ahead.
     assert post(make_app(redis_url).test_client(), "merge_request_merge.json").status_code == 202
     for i in range(12):
         audit.record(conn, {"time": time.time(), "project_id": 7, "project": "acme/shop", "branch": "feature/x",
@@ -112,8 +112,8 @@ def test_status_shows_queues_workers_failed_jobs_and_the_last_decisions(redis_ur
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     ours, other = report["queues"]
-    assert ours == {"name": QUEUE, "inbox": 1, "queued": 1, "scheduled": 0, "started": 0, "failed": 2, "finished": 1}
-    assert other == {"name": "elsewhere", "inbox": 0, "queued": 1, "scheduled": 0, "started": 0, "failed": 0,
+    assert ours == {"name": QUEUE, "queued": 1, "scheduled": 1, "started": 0, "failed": 2, "finished": 1}
+    assert other == {"name": "elsewhere", "queued": 1, "scheduled": 0, "started": 0, "failed": 0,
                      "finished": 0}  # every queue on this Redis, ours first
     assert [(w["name"], w["state"], w["queues"], w["current_job"]) for w in report["workers"]] == \
         [("ops-test-worker", "idle", ["quiet"], None)]
@@ -123,7 +123,7 @@ def test_status_shows_queues_workers_failed_jobs_and_the_last_decisions(redis_ur
     assert report["failed_jobs"][0]["description"] == "record pipeline of project 7 ref feature/1"
     assert [d["tag"] for d in report["decisions"]] == [f"tag-{i}" for i in range(11, 1, -1)]  # the last 10
 
-    assert f"{QUEUE}: 1 in the inbox, 1 queued, 0 scheduled, 0 started, 2 failed, 1 finished" in text
+    assert f"{QUEUE}: 1 queued, 1 scheduled, 0 started, 2 failed, 1 finished" in text
     assert "ops-test-worker  idle  queues: quiet" in text
     assert f"  {jobs[0].id}  record pipeline of project 7 ref feature/0\n      {CONFIG_ERROR}" in text
     assert "last decisions:" in text and "acme/shop:tag-11" in text and "acme/shop:tag-1 " not in text

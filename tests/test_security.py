@@ -47,10 +47,11 @@ from werkzeug.wrappers import Request, Response
 
 from hooks import events, signing
 from hooks.views import REPLAY_KEY_PREFIX, REPLAY_WINDOW
+from tests.support.queue import job_ids
 from tests.support.service import SECRET as E2E_SECRET
 from tests.support.service import Service
 from tests.support.shop import make_shop, merge_payload
-from tests.test_hooks_app import body_of, headers, inbox_ids, keyspace, make_app, move
+from tests.support.webapp import body_of, headers, keyspace, make_app
 from workers import cleanup, rules
 from workers.common import allowlist
 from workers.gitlab import GitLab, encode
@@ -140,7 +141,7 @@ def test_gunicorn_enforces_the_limit_on_chunked_bodies(web, conn):
     ok = requests.post(web.url + "/hooks/gitlab", data=chunks(exact), headers=hdrs, timeout=30)
     assert ok.request.headers.get("Transfer-Encoding") == "chunked"
     assert ok.status_code == 202, ok.text
-    jobs = inbox_ids(conn)
+    jobs = job_ids(conn)
     assert jobs == [ok.json()["job_id"]]
     over = requests.post(web.url + "/hooks/gitlab", data=chunks(exact + b"  "), headers=hdrs, timeout=30)
     assert over.request.headers.get("Transfer-Encoding") == "chunked"
@@ -152,7 +153,7 @@ def test_gunicorn_enforces_the_limit_on_chunked_bodies(web, conn):
     ok = requests.post(web.url + "/hooks/gitlab", data=exact_push, headers=push_hdrs, timeout=30)
     assert ok.request.headers.get("Content-Length") == str(MIB)
     assert ok.status_code == 202, ok.text
-    jobs = inbox_ids(conn)
+    jobs = job_ids(conn)
     assert jobs[-1] == ok.json()["job_id"]
     declared = requests.post(web.url + "/hooks/gitlab", data=exact + b" ", headers=hdrs, timeout=30)
     assert declared.status_code == 413 and "MAX_BODY_BYTES" in declared.json()["error"]
@@ -161,7 +162,7 @@ def test_gunicorn_enforces_the_limit_on_chunked_bodies(web, conn):
                          timeout=30)
     assert deep.status_code == 400 and "nested deeper than 64" in deep.json()["error"]
     assert requests.get(web.url + "/healthz", timeout=5).status_code == 200
-    assert inbox_ids(conn) == jobs
+    assert job_ids(conn) == jobs
 
 
 # --- 2. JSON depth ---------------------------------------------------------------------------------
@@ -811,7 +812,6 @@ def test_the_web_side_refuses_what_no_url_can_carry(redis_url, conn, branch):
     resp = post_json(client, payload)
     if branch == "..":  # a valid JSON string: enqueued, and the worker treats it as not found
         assert resp.status_code == 202
-        move(conn)
         assert Job.fetch(resp.json["job_id"], connection=conn).kwargs["branch"] == ".."
     else:
         assert_json_error(resp, 400, "object_attributes.source_branch is not a valid name")

@@ -25,7 +25,6 @@ from rq.job import Job, JobStatus
 from rq.registry import (CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
                          StartedJobRegistry)
 
-from workers import inbox
 from workers.common.settings import Settings
 
 # How long the CLI waits on Redis: an operator at a terminal wants an answer, not a hang.
@@ -132,7 +131,7 @@ def status(conn: redis.Redis, queue_name: str, *, failed_shown: int = FAILED_SHO
 def queue_counts(conn: redis.Redis, name: str) -> dict[str, Any]:
     queue = Queue(name, connection=conn)
     # cleanup=False: counting must not move expired jobs around (RQ's count property would).
-    return {"name": name, "inbox": inbox.depth(conn, name), "queued": queue.count,
+    return {"name": name, "queued": queue.count,
             **{label: registry(name, connection=conn).get_job_count(cleanup=False)
                for label, registry in (("scheduled", ScheduledJobRegistry), ("started", StartedJobRegistry),
                                        ("failed", FailedJobRegistry), ("finished", FinishedJobRegistry))}}

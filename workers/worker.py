@@ -11,7 +11,6 @@ import redis
 from rq import Worker as RQWorker
 from rq.defaults import DEFAULT_WORKER_TTL
 
-from workers import inbox
 from workers.common.settings import DEFAULT_ABANDONED_AFTER, ConfigError, Settings
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
@@ -119,13 +118,7 @@ def run(settings: Settings, *, name: str | None = None, burst: bool = False,
                      # queue (worker_ttl - 15 s long): wake it at least once per interval.
                      worker_ttl=min(DEFAULT_WORKER_TTL, maintenance + 15))
     worker.heartbeat_grace = abandoned - monitoring
-    # Deliveries the web side accepted wait in the inbox until a worker makes them RQ jobs.
-    if burst:
-        inbox.drain(conn, settings.queue, worker.name)  # Redis unreachable: the command says so
-        mover = None
-    else:
-        mover = inbox.Mover(settings.redis_url, settings.queue, worker.name)
-        mover.start()
+    conn.ping()  # Redis unreachable to start with: the command says so, before RQ's own traceback
     schedule = None
     if settings.sweep_cron and not burst:
         from workers.sweep import Scheduler  # SWEEP_CRON: enqueues the scheduled sweeps, once per slot
@@ -137,5 +130,3 @@ def run(settings: Settings, *, name: str | None = None, burst: bool = False,
     finally:
         if schedule is not None:
             schedule.stop()
-        if mover is not None:
-            mover.stop(timeout=5)

@@ -1072,7 +1072,7 @@ class MonthRun:
                               capture_output=True, text=True, timeout=timeout)
 
     def burst(self, where: str) -> None:
-        """`tagsweeper worker --burst`: move the inbox, run every queued job, quit; then check."""
+        """`tagsweeper worker --burst`: run every job that is due, quit; then check."""
         self.bursts += 1
         started = time.monotonic()
         name = f"month-{self.seed}-{self.bursts}-{uuid.uuid4().hex[:6]}"

@@ -23,14 +23,13 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from tests.support.procs import free_port, stop, wait_for_port
 from tests.support.payloads import PAYLOADS, load_payload  # noqa: F401 (load_payload: re-exported)
-from workers import inbox
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "e2e-webhook-secret"
 
 
 def job_or_none(conn: redis.Redis, job_id: str) -> Job | None:
-    """The RQ job, or None while its record still waits in the inbox for a worker's mover."""
+    """The RQ job, or None when there is none (never accepted, or expired)."""
     try:
         return Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
@@ -147,7 +146,7 @@ class Service:
         """Wait until the job finished or failed for good (not merely awaiting a retry)."""
         conn = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + timeout
-        status = "not yet moved from the inbox"
+        status = "not found"
         while time.monotonic() < deadline:
             job = job_or_none(conn, job_id)
             if job is None:
@@ -160,13 +159,12 @@ class Service:
         raise TimeoutError(f"job {job_id} still {status} after {timeout}s\n{self.logs()[-4000:]}")
 
     def wait_idle(self, timeout: float = 60.0, queue: str = "tagsweeper") -> None:
-        """Wait until no job is waiting in the inbox, queued, scheduled or running."""
+        """Wait until no job is queued, scheduled or running."""
         conn = redis.Redis.from_url(self.redis_url)
         q = Queue(queue, connection=conn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = (conn.xlen(inbox.key(queue)) + q.count + ScheduledJobRegistry(queue=q).count
-                    + StartedJobRegistry(queue=q).count)
+            busy = q.count + ScheduledJobRegistry(queue=q).count + StartedJobRegistry(queue=q).count
             if not busy:
                 return
             time.sleep(0.1)

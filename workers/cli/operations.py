@@ -99,7 +99,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 def format_status(report: dict[str, Any]) -> str:
     lines = ["queues:"]
     for q in report["queues"]:
-        lines.append(f"  {q['name']}: {q['inbox']} in the inbox, {q['queued']} queued, {q['scheduled']} scheduled, {q['started']} started, "
+        lines.append(f"  {q['name']}: {q['queued']} queued, {q['scheduled']} scheduled, {q['started']} started, "
                      f"{q['failed']} failed, {q['finished']} finished")
     lines.append(f"workers ({len(report['workers'])}):" if report["workers"] else
                  "workers: none running (start one with `tagsweeper worker`)")

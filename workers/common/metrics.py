@@ -61,7 +61,7 @@ JOB_DURATION = Family("job_duration_seconds", "histogram", "How long job attempt
                       (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
 JOBS = Family("jobs_total", "counter", "Job attempts, by job and outcome (a retried job counts each attempt).",
               ("job", "outcome"))
-QUEUE_DEPTH = Family("queue_depth", "gauge", "Jobs in the inbox, the RQ queue and its registries, read at scrape time.",
+QUEUE_DEPTH = Family("queue_depth", "gauge", "Jobs in the RQ queue and its registries, read at scrape time.",
                      ("queue", "state"))
 UP = Family("up", "gauge", "1 when the web process could read the metrics from Redis.", ())
 
@@ -190,7 +190,7 @@ def count_requests(pipe: Any, service: str, calls: Mapping[int | str, int]) -> N
 
 
 def delivery_series(event: str | None, outcome: str) -> str:
-    """The DELIVERIES series of one answered delivery (the intake's script counts accepted ones)."""
+    """The DELIVERIES series of one answered delivery (the intake counts accepted and duplicate ones)."""
     return label_string(DELIVERIES, {"event": event_label(event),
                                      "outcome": outcome if outcome in DELIVERY_OUTCOMES else "other"})
 
@@ -294,10 +294,7 @@ def queue_keys(queue: str) -> dict[str, tuple[str, bool]]:
     from rq import Queue
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-    from workers.inbox import key as inbox_key
-
     return {
-        "inbox": (inbox_key(queue), False),  # accepted deliveries not yet moved into RQ by a worker
         "queued": (Queue.redis_queue_namespace_prefix + queue, False),
         "scheduled": (ScheduledJobRegistry.key_template.format(queue), False),
         "started": (StartedJobRegistry.key_template.format(queue), True),
@@ -313,9 +310,7 @@ def read(conn: redis.Redis, queue: str) -> tuple[dict[str, dict[str, str]], dict
     keys = queue_keys(queue)
     now = time.time()
     for state, (key, by_expiry) in keys.items():
-        if state == "inbox":
-            pipe.xlen(key)
-        elif state == "queued":
+        if state == "queued":
             pipe.llen(key)
         elif by_expiry:
             pipe.zcount(key, now, "+inf")  # entries past their expiry are gone, RQ just hasn't swept them

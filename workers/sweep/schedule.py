@@ -16,16 +16,16 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
+from workers.common import queue as jobqueue
 from workers.common.projects import parse_project
 from workers.common.settings import Settings
 
 log = logging.getLogger("tagsweeper.sweep")
 
 PROJECTS_KEY = "tagsweeper:projects"  # every project that reached a job (SADD by workers.jobs)
-JOB_FUNC = "workers.jobs.sweep_project"
+
 SWEEP_RETRY = (2, [300, 1800])  # a sweep with failed deletions is retried; the next one catches up anyway
 FAILURE_TTL = 30 * 86400
-
 
 # --- which projects the schedule sweeps --------------------------------------------------------
 
@@ -33,10 +33,8 @@ def remember_project(conn: redis.Redis, project_id: int | str) -> None:
     """Note that a project sent a delivery: the scheduled sweep covers it from now on."""
     conn.sadd(PROJECTS_KEY, str(project_id))
 
-
 def forget_project(conn: redis.Redis, project_id: int | str) -> None:
     conn.srem(PROJECTS_KEY, str(project_id))
-
 
 def scheduled_projects(conn: redis.Redis, settings: Settings) -> list[int | str]:
     """Every project that sent a delivery, and SWEEP_PROJECTS."""
@@ -51,7 +49,6 @@ def scheduled_projects(conn: redis.Redis, settings: Settings) -> list[int | str]
             found.append(project)
     return found
 
-
 # --- when ----------------------------------------------------------------------------------------
 
 def slot_of(cron: str, now: datetime) -> tuple[datetime, datetime]:
@@ -62,7 +59,6 @@ def slot_of(cron: str, now: datetime) -> tuple[datetime, datetime]:
     slot = croniter(cron, now).get_prev(datetime)
     return slot, croniter(cron, slot).get_next(datetime)
 
-
 def job_id(project: int | str, slot: datetime) -> str:
     """One id per project and time slot: however many workers enqueue it, it runs once."""
     if isinstance(project, int):
@@ -71,7 +67,6 @@ def job_id(project: int | str, slot: datetime) -> str:
         digest = hashlib.sha1(project.encode()).hexdigest()[:8]
         ident = re.sub(r"[^A-Za-z0-9_-]", "_", project)[:80] + "-" + digest
     return f"sweep-{ident}-{slot.astimezone(timezone.utc):%Y%m%dT%H%MZ}"
-
 
 def enqueue_scheduled(conn: redis.Redis, settings: Settings, now: datetime | None = None) -> list[str]:
     """Enqueue the sweep of every scheduled project for the current time slot; return the new job ids.
@@ -92,7 +87,7 @@ def enqueue_scheduled(conn: redis.Redis, settings: Settings, now: datetime | Non
     for project in scheduled_projects(conn, settings):
         jid = job_id(project, slot)
         try:
-            queue.enqueue_call(JOB_FUNC, kwargs={"project": project}, timeout=settings.sweep_timeout,
+            queue.enqueue_call(jobqueue.SWEEP_PROJECT, kwargs={"project": project}, timeout=settings.sweep_timeout,
                                job_id=jid, unique=True, result_ttl=keep, failure_ttl=max(keep, FAILURE_TTL),
                                retry=Retry(max=SWEEP_RETRY[0], interval=SWEEP_RETRY[1]),
                                description=f"scheduled sweep of project {project}",
@@ -103,7 +98,6 @@ def enqueue_scheduled(conn: redis.Redis, settings: Settings, now: datetime | Non
     if enqueued:
         log.info("scheduled sweeps enqueued", extra={"slot": slot.isoformat(), "jobs": len(enqueued)})
     return enqueued
-
 
 class Scheduler(threading.Thread):
     """Enqueues the scheduled sweeps from inside `tagsweeper worker`.

@@ -1,0 +1,107 @@
+"""Job names and how a job is enqueued: what the web process and the workers agree on.
+
+Jobs are named by dotted path (`CLEANUP_BRANCH`, `RECORD_PIPELINE`, `SWEEP_PROJECT`), so
+whoever enqueues one never imports `workers.jobs`. `Options` say how a kind of job is run
+and how long it is kept; `cleanup_options()` and `PIPELINE` are the two a delivery makes.
+
+`enqueue()` builds the RQ job and writes it with RQ 3.0's unique-enqueue script
+(`rq.scripts`): one Redis round trip that refuses an id that is a job already, else saves
+the job and queues it, or schedules it `delay` seconds from now. The job itself is the
+dedupe record: a finished cleanup keeps its id for CLEANUP_RESULT_TTL (30 days), a failed
+one for FAILURE_TTL, a queued or scheduled one until it has run. Anything else the caller
+wants written (its counters) goes in one pipelined round trip after that, and may fail
+without failing the enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+from rq.job import JobStatus
+from rq.scripts import save_unique_job
+
+log = logging.getLogger("tagsweeper.queue")
+
+CLEANUP_BRANCH = "workers.jobs.cleanup_branch"
+RECORD_PIPELINE = "workers.jobs.record_pipeline"
+SWEEP_PROJECT = "workers.jobs.sweep_project"
+
+DAY = 86400
+JOB_TIMEOUT = 900
+CLEANUP_RESULT_TTL = 30 * DAY  # a finished cleanup's id blocks repeats this long: the dedupe window
+FAILURE_TTL = 30 * DAY
+PIPELINE_RESULT_TTL = 3600  # the status changes of one pipeline come within the hour
+PIPELINE_RETRY = (3, (10,))
+
+ENQUEUED = "enqueued"
+DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one kind of job runs and how long RQ keeps it."""
+
+    result_ttl: int
+    timeout: int = JOB_TIMEOUT
+    failure_ttl: int = FAILURE_TTL
+    retry: tuple[int, tuple[int, ...]] | None = None  # (retries, seconds between them); None: failed at once
+    delay: int = 0  # seconds from enqueueing until it may run
+
+
+PIPELINE = Options(result_ttl=PIPELINE_RESULT_TTL, retry=PIPELINE_RETRY)
+
+
+def cleanup_options(delay: int, retries: int, intervals: Sequence[int]) -> Options:
+    """A branch cleanup's options: CLEANUP_DELAY, CLEANUP_RETRIES, CLEANUP_RETRY_INTERVALS."""
+    # RQ's Retry needs at least one retry: with CLEANUP_RETRIES=0 a failed cleanup goes straight to "failed".
+    return Options(result_ttl=CLEANUP_RESULT_TTL, delay=delay,
+                   retry=(retries, tuple(intervals)) if retries else None)
+
+
+def enqueue(queue: Queue, func: str, job_id: str, *, kwargs: Mapping[str, Any], options: Options,
+            description: str | None = None, meta: Mapping[str, Any] | None = None,
+            then: Callable[[Any, str], None] | None = None) -> str:
+    """Enqueue `func` (dotted name) as the job `job_id` unless that id is a job already.
+
+    Returns ENQUEUED (queued, or scheduled when `options.delay` > 0) or DUPLICATE (nothing
+    written). Raises redis.RedisError when the job could not be written: then nothing was.
+    `then(pipe, status)` may add commands to the pipeline sent after the job is written; a
+    Redis error there is logged, never raised, since the job stands either way.
+    """
+    job = queue.create_job(
+        func, kwargs=dict(kwargs), job_id=job_id, timeout=options.timeout, result_ttl=options.result_ttl,
+        failure_ttl=options.failure_ttl, description=description, meta=dict(meta) if meta else None,
+        retry=Retry(max=options.retry[0], interval=list(options.retry[1])) if options.retry else None,
+        status=JobStatus.SCHEDULED if options.delay > 0 else JobStatus.QUEUED)
+    register = False
+    try:
+        if options.delay > 0:
+            # RQ's own unique schedule: check, save, add to the scheduled registry, register the queue.
+            queue.schedule_job(job, datetime.now(timezone.utc) + timedelta(seconds=options.delay), unique=True)
+        else:
+            # What queue.enqueue_job(job, unique=True) does, without the round trip it spends
+            # first on registering the queue (SADD rq:queues): that goes in the pipeline below.
+            job.enqueued_at = datetime.now(timezone.utc)
+            save_unique_job(queue.connection, queue.key, job)
+            register = True
+        status = ENQUEUED
+    except DuplicateJobError:
+        status = DUPLICATE
+    if register or then is not None:
+        pipe = queue.connection.pipeline(transaction=False)
+        if register:
+            pipe.sadd(queue.redis_queues_keys, queue.key)  # lists the queue for rq-dashboard and `status`
+        if then is not None:
+            then(pipe, status)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("job enqueued, the writes after it failed", extra={
+                "job_id": job_id, "error": type(exc).__name__})
+    return status
