@@ -13,7 +13,6 @@ id again is a replay and answers 409, whatever else it carries.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from hooks import events, signing
 from hooks.intake import QueueUnavailable, get_intake
 from hooks.logs import log_delivery
+from workers.common import keys
 from workers.common.metrics import count_delivery
 
 bp = Blueprint("hooks", __name__)
@@ -33,7 +33,6 @@ READ_CHUNK = 64 * 1024
 # A signed delivery is accepted while its timestamp is within TOLERANCE either side of now,
 # so the same signed bytes stay acceptable for at most twice that: remember ids that long.
 REPLAY_WINDOW = 2 * signing.TOLERANCE
-REPLAY_KEY_PREFIX = "tagsweeper:webhook-id:"
 REPLAYED = ("webhook-id was already received: a replayed delivery is refused "
             f"(ids are remembered for {REPLAY_WINDOW} seconds)")
 
@@ -73,8 +72,7 @@ def receive_gitlab():
     replay_key = None
     if current_app.config["WEBHOOK_SIGNING_KEYS"]:
         # parse_delivery verified the signature, which covers webhook-id: only real ids get here.
-        replay_key = REPLAY_KEY_PREFIX + hashlib.sha256(
-            request.headers.get("webhook-id", "").strip().encode("utf-8", "surrogatepass")).hexdigest()
+        replay_key = keys.webhook_id(request.headers.get("webhook-id", ""))
         try:
             first_time = claim_once(replay_key, REPLAY_WINDOW)
         except QueueUnavailable as exc:

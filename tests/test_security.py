@@ -46,7 +46,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from hooks import events, signing
-from hooks.views import REPLAY_KEY_PREFIX, REPLAY_WINDOW
+from hooks.views import REPLAY_WINDOW
 from tests.support.queue import job_ids
 from tests.support.service import SECRET as E2E_SECRET
 from tests.support.service import Service
@@ -251,7 +251,7 @@ def test_a_signed_delivery_is_accepted_and_its_replay_is_409(signed_client, conn
     assert_json_error(again, 409, "webhook-id was already received")
     assert keyspace(conn) == snapshot  # no job, no new claim
     # The id is remembered under a digest, for as long as the timestamp window lasts.
-    key = REPLAY_KEY_PREFIX + hashlib.sha256(b"msg_replay_me").hexdigest()
+    key = "tagsweeper:webhook-id:" + hashlib.sha256(b"msg_replay_me").hexdigest()
     assert 0 < conn.ttl(key) <= REPLAY_WINDOW == 600
     # A replay with a fresh timestamp needs a fresh signature, which only the key makes.
     stale_sig = dict(h, **{"webhook-timestamp": str(int(time.time()) + 5)})

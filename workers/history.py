@@ -15,19 +15,8 @@ from typing import Iterable, Iterator
 
 import redis
 
-PREFIX = "tagsweeper:history"
+from workers.common import keys
 
-
-def _ref_key(project_id: int, kind: str, ref: str) -> str:
-    return f"{PREFIX}:ref:{int(project_id)}:{kind}:{ref}"
-
-
-def _sha_key(project_id: int, sha: str) -> str:
-    return f"{PREFIX}:sha:{int(project_id)}:{sha}"
-
-
-def _short_key(project_id: int, sha: str) -> str:
-    return f"{PREFIX}:short:{int(project_id)}:{sha[:8]}"
 
 
 def ref_label(ref: str, tag: bool) -> str:
@@ -40,27 +29,27 @@ def record(conn: redis.Redis, *, project_id: int, ref: str, sha: str, tag: bool,
     now = time.time() if now is None else now
     ttl = int(ttl_days * 86400)
     kind = "tag" if tag else "branch"
-    ref_key, sha_key = _ref_key(project_id, kind, ref), _sha_key(project_id, sha)
+    ref_key, sha_key = keys.history_ref(project_id, kind, ref), keys.history_sha(project_id, sha)
     pipe = conn.pipeline(transaction=True)
     pipe.zadd(ref_key, {sha: now})
     pipe.zremrangebyrank(ref_key, 0, -(cap + 1))  # keep the newest `cap`
     pipe.expire(ref_key, ttl)
     pipe.sadd(sha_key, ref_label(ref, tag))
     pipe.expire(sha_key, ttl)
-    pipe.sadd(_short_key(project_id, sha), sha)
-    pipe.expire(_short_key(project_id, sha), ttl)
+    pipe.sadd(keys.history_short(project_id, sha), sha)
+    pipe.expire(keys.history_short(project_id, sha), ttl)
     pipe.execute()
 
 
 def branch_shas(conn: redis.Redis, *, project_id: int, branch: str) -> list[str]:
     """SHAs remembered for a branch's pipelines, oldest first."""
     return [s.decode() if isinstance(s, bytes) else s
-            for s in conn.zrange(_ref_key(project_id, "branch", branch), 0, -1)]
+            for s in conn.zrange(keys.history_ref(project_id, "branch", branch), 0, -1)]
 
 
 def remembered_branches(conn: redis.Redis, project_id: int) -> Iterator[str]:
     """Every branch whose pipelines are remembered (SCAN over the per-ref keys)."""
-    prefix = _ref_key(project_id, "branch", "")
+    prefix = keys.history_ref(project_id, "branch", "")
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
     for key in conn.scan_iter(match=pattern, count=1000):
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -72,7 +61,7 @@ def refs_of(conn: redis.Redis, *, project_id: int, shas: Iterable[str]) -> dict[
     shas = list(shas)
     pipe = conn.pipeline(transaction=False)
     for sha in shas:
-        pipe.smembers(_sha_key(project_id, sha))
+        pipe.smembers(keys.history_sha(project_id, sha))
     result = {}
     for sha, members in zip(shas, pipe.execute()):
         refs = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
@@ -87,6 +76,6 @@ def clashing_shas(conn: redis.Redis, *, project_id: int, shas: Iterable[str]) ->
     prefixes = sorted({s[:8] for s in shas})
     pipe = conn.pipeline(transaction=False)
     for prefix in prefixes:
-        pipe.smembers(_short_key(project_id, prefix))
+        pipe.smembers(keys.history_short(project_id, prefix))
     found = {m.decode() if isinstance(m, bytes) else m for members in pipe.execute() for m in members}
     return found - shas

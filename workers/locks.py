@@ -27,9 +27,10 @@ import uuid
 
 import redis
 
+from workers.common import keys
+
 log = logging.getLogger("tagsweeper.locks")
 
-KEY_PREFIX = "tagsweeper:lock:cleanup:"
 
 # KEYS[1] the lock, ARGV[1] our token: only the holder may extend or delete it.
 _RENEW = """
@@ -64,7 +65,7 @@ class BranchLock:
                  poll: float = 0.25):
         """`ttl`: seconds a holder that died keeps the lock (the setting CLEANUP_LOCK_TTL)."""
         self.conn = conn
-        self.key = f"{KEY_PREFIX}{project_id}:{branch}"
+        self.key = keys.cleanup_lock(project_id, branch)
         self.ttl = float(ttl)
         self.poll = poll
         self.token = f"{uuid.uuid4().hex} {_holder()}"

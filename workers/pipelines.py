@@ -26,11 +26,11 @@ from typing import Iterable, Iterator
 import redis
 
 from workers import rules
+from workers.common import keys
 from workers.gitlab import GitLab, NotFound
 
 log = logging.getLogger("tagsweeper.pipelines")
 
-PREFIX = "tagsweeper:pipelines"
 OVERLAP = 600  # seconds of pipelines read again at every sync: rows committed late still show up
 PAGE = 100
 
@@ -104,7 +104,7 @@ class Record:
     def __init__(self, conn: redis.Redis, project_id: int):
         self.conn = conn
         self.pid = int(project_id)
-        base = f"{PREFIX}:{self.pid}"
+        base = keys.pipelines(self.pid)
         self.state_key = f"{base}:state"
         self.sha_key = f"{base}:sha"
         self.short_key = f"{base}:short"

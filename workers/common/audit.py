@@ -21,12 +21,13 @@ from typing import Any, Iterable, Mapping
 import redis
 
 from workers.common import metrics
+from workers.common import keys
 from workers.common import settings as config
 from workers.common.projects import parse_project
 
 log = logging.getLogger("tagsweeper.audit")
 
-STREAM = "tagsweeper:audit"
+STREAM = keys.AUDIT
 DEFAULT_MAX_ENTRIES = config.DEFAULT_AUDIT_MAX_ENTRIES
 MAX_VALUE_CHARS = 1000  # a reason is a sentence or an error message; bound what one entry can cost
 

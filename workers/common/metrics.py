@@ -26,10 +26,11 @@ from typing import Any, Callable, Mapping
 
 import redis
 
+from workers.common import keys
+
 log = logging.getLogger("tagsweeper.metrics")
 
 PREFIX = "tagsweeper_"
-KEY_PREFIX = "tagsweeper:metrics:"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -43,7 +44,7 @@ class Family:
 
     @property
     def key(self) -> str:
-        return KEY_PREFIX + self.name
+        return keys.metric(self.name)
 
 
 DELIVERIES = Family("deliveries_total", "counter", "Webhook deliveries answered, by event header and outcome.",

@@ -17,12 +17,13 @@ from datetime import datetime, timedelta, timezone
 import redis
 
 from workers.common import queue as jobqueue
+from workers.common import keys
 from workers.common.projects import parse_project
 from workers.common.settings import Settings
 
 log = logging.getLogger("tagsweeper.sweep")
 
-PROJECTS_KEY = "tagsweeper:projects"  # every project that reached a job (SADD by workers.jobs)
+PROJECTS_KEY = keys.PROJECTS  # every project that reached a job (SADD by workers.jobs)
 
 SWEEP_RETRY = (2, [300, 1800])  # a sweep with failed deletions is retried; the next one catches up anyway
 FAILURE_TTL = 30 * 86400
