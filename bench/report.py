@@ -647,7 +647,7 @@ nothing it should not have. In api mode 4 deletions in flight are {c}× faster t
 earlier host). On distribution 2.8, which refuses the OCI `DELETE /manifests/<tag>`, each tag is resolved
 once immediately before it is rewritten (one HEAD serves as the plan's resolve and the pre-overwrite
 resolve), then PUT onto one tombstone shared by the repository's batch (`Registry.delete_tags`, up to
-`TOMBSTONE_BATCH` = 500 tags; random, so no tag outside the batch can point at it), and ONE `DELETE` of the
+`tombstone_batch` = 500 tags; random, so no tag outside the batch can point at it), and ONE `DELETE` of the
 tombstone's digest removes exactly the tags still pointing at it. A tag pushed again between its PUT and
 that DELETE keeps its new image. On a registry with the OCI delete by tag (GitLab's), it is HEAD + DELETE
 per tag. So a tag costs HEAD + PUT, and a repository one DELETE per 500 tags: 2.0 per tag plus the GitLab
@@ -707,9 +707,9 @@ CHANGES_TEXT = """\
   is cached per name. `redis[hiredis]` in the dependencies. Tests: `tests/test_intake.py`.
 - `workers/registry.py`: `Registry.delete_tags(repo, tags)`: each tag resolved once immediately before it
   is rewritten; on registries without the OCI delete by tag, one shared tombstone per batch of up to
-  `TOMBSTONE_BATCH` = 500 tags and one DELETE of its digest. `_put_tombstone` takes the batch's annotation.
-  `workers/tagstore.py`: `RegistryTags.delete_many`. `workers/cleanup.py`: `delete_all` uses it, one call per
-  repository, repositories in parallel (registry mode, not in dry runs). `tests/test_registry_batch.py` covers
+  `tombstone_batch` = 500 tags (a constructor parameter) and one DELETE of its digest.
+  `workers/deletion.py`: `RegistryStore.delete_many`, called by `delete_tags` once per repository,
+  repositories in parallel (registry mode, not in dry runs). `tests/test_registry_batch.py` covers
   it on the real registry (exact tags, `latest` on the same digest kept, one DELETE per batch, a tag pushed
   again after its overwrite keeps the new push, nothing written where nothing exists).
 - README's registry-mode section describes this path (requests per tag, the placeholder window).
