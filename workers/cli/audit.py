@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from workers.cli.command import project
+from workers.cli.command import at_least_one, project
 from workers.common import audit
 from workers.common.settings import Settings
 
@@ -35,16 +35,6 @@ def parse_when(text: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
-def _limit(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of entries, at least 1")
-    return n
-
-
 def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "audit", help="show the audit trail: every tag decision, newest first",
@@ -54,7 +44,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--project", type=project, help="project id or path (group/project)")
     p.add_argument("--since", type=parse_when, metavar="WHEN",
                    help="only entries since WHEN: 2026-11-20, 2026-11-20T10:00, or an age: 30m, 2h, 3d")
-    p.add_argument("--limit", type=_limit, default=100, help="at most this many entries (default 100)")
+    p.add_argument("--limit", type=at_least_one("entries"), default=100, help="at most this many entries (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(handler=run)
 

@@ -33,6 +33,22 @@ class CommandError(Exception):
         self.status = status
 
 
+def at_least_one(unit: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of `unit` (seconds, entries), at least 1."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of {unit}, at least 1")
+        return number
+
+    parse.__name__ = unit  # argparse names the type in its error message
+    return parse
+
+
 def project(value: str) -> int | str:
     """--project: a numeric project id or a path like group/project."""
     try:

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from workers.cli.command import at_least_one
 from workers import worker
 from workers.common.settings import DEFAULT_ABANDONED_AFTER, DEFAULT_MAINTENANCE_INTERVAL, Settings
-
-
-def _seconds(value: str) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"give a whole number of seconds >= 1, got {value!r}")
-    return number
 
 
 def add_parsers(subparsers) -> None:
@@ -28,10 +19,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     p.add_argument("--name", help="the worker's name, as `tagsweeper status` and the dashboard show it "
                                   "(default: a random one)")
-    p.add_argument("--maintenance-interval", type=_seconds, metavar="SECONDS",
+    p.add_argument("--maintenance-interval", type=at_least_one("seconds"), metavar="SECONDS",
                    help="how often this worker runs RQ's maintenance, which retries the jobs of dead "
                         f"workers (default: WORKER_MAINTENANCE_INTERVAL or {DEFAULT_MAINTENANCE_INTERVAL})")
-    p.add_argument("--abandoned-after", type=_seconds, metavar="SECONDS",
+    p.add_argument("--abandoned-after", type=at_least_one("seconds"), metavar="SECONDS",
                    help="a running job whose worker sent no heartbeat for this long is abandoned and "
                         f"retried (default: WORKER_ABANDONED_AFTER or {DEFAULT_ABANDONED_AFTER}; at least 2)")
     p.set_defaults(handler=run)
