@@ -29,7 +29,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from tests.support.emulator_state import Group, Project, RegistryRepository
+from tests.support.emulator_state import EMULATOR_USER, Group, Project, RegistryRepository
 
 
 def _status_line(status: int) -> str:
@@ -71,8 +71,7 @@ class HttpCore:
 
     API = "/api/v4"
 
-    USER = {"id": 1, "username": "emulator", "name": "GitLab Emulator", "state": "active",
-            "avatar_url": None, "web_url": "http://gitlab.invalid/emulator"}
+    USER = EMULATOR_USER
 
     # -- WSGI plumbing -----------------------------------------------------------------
     def _wsgi(self, environ, start_response):

@@ -52,9 +52,10 @@ from tests.support.emulator_pipelines import PipelinesApi
 from tests.support.emulator_projects import ProjectsApi
 from tests.support.emulator_registry import RegistryApi
 from tests.support.emulator_state import (  # noqa: F401  (re-exported: the seeding API lives there)
-    BLANK_SHA, CI_BRANCH_SOURCES, FINISHED_STATUSES, MERGE_METHODS, MR_REF, PIPELINE_SOURCES,
-    PIPELINE_STATUSES, ZERO_TIME, Group, MergeRequest, Pipeline, Project, RegistryRepository, _now,
-    _now_iso, iso, parse_time, random_sha,
+    BLANK_SHA, CI_BRANCH_SOURCES, DEPLOYMENT_FINISHED, DEPLOYMENT_HOOK_STATUSES, DEPLOYMENT_STATUSES,
+    ENVIRONMENT_STATES, ENVIRONMENT_TIERS, FINISHED_STATUSES, MERGE_METHODS, MR_REF, PIPELINE_SOURCES,
+    PIPELINE_STATUSES, ZERO_TIME, Deployment, Environment, Group, MergeRequest, Pipeline, Project,
+    RegistryRepository, _now, _now_iso, environment_slug, guess_tier, iso, parse_time, random_sha,
 )
 from tests.support.faults import Fault
 from tests.support.registry import RegistryClient, RegistryServer
