@@ -260,3 +260,399 @@ def test_reset_forgets_environments_and_deployments(gitlab, shop):
     assert project.environments == {} and project.deployments == {}
     d = project.deploy("production", ref="main", sha=project.branches["main"])
     assert d.iid == 1
+
+
+# --- the routes -------------------------------------------------------------------------------
+
+TIMEOUT = 10
+
+
+class Api:
+    """Tiny authenticated client for the emulator's /api/v4."""
+
+    def __init__(self, emu, token: str | None = None):
+        import requests
+
+        self.base = emu.api_url
+        self.s = requests.Session()
+        if token is not False:
+            self.s.headers["PRIVATE-TOKEN"] = emu.token if token is None else token
+
+    def get(self, path, **kw):
+        kw.setdefault("timeout", TIMEOUT)
+        return self.s.get(self.base + path, **kw)
+
+
+@pytest.fixture
+def api(gitlab):
+    client = Api(gitlab)
+    yield client
+    client.s.close()
+
+
+@pytest.fixture
+def deployed(gitlab):
+    """Project 70 "acme/deployed": deployments a minute apart from T0 to three environments, and one
+    moved on later (so updated_at order differs from id order)."""
+    project = gitlab.add_project(70, "acme/deployed")
+    main0 = project.branches["main"]
+    project.add_branch("release/1", from_branch="main")
+    rel = project.push("release/1")
+    project.add_branch("feature/x", from_branch="main")
+    feat = project.push("feature/x")
+    main1 = project.push("main")
+    d = {
+        "p1": project.deploy("production", ref="main", sha=main0, at=_at(0)),
+        "p2": project.deploy("production", ref="release/1", sha=rel, status="running", at=_at(1)),
+        "p3": project.deploy("production", ref="main", sha=main1, status="failed", at=_at(2)),
+        "r1": project.deploy("review/feature-x", ref="feature/x", sha=feat, at=_at(3)),
+        "r2": project.deploy("review/feature-x", ref="feature/x", sha=feat, status="running", at=_at(4)),
+        "s1": project.deploy("staging", ref="main", sha=main1, status="canceled", at=_at(5)),
+        "s2": project.deploy("staging", ref="main", sha=main1, status="skipped", at=_at(6)),
+        "s3": project.deploy("staging", ref="main", sha=main1, status="created", at=_at(7)),
+    }
+    project.update_deployment(d["p2"].id, "success", at=_at(8))  # p2 succeeds last: updated/finished at 8
+    return project, d
+
+
+def _ids(resp):
+    assert resp.status_code == 200, resp.text
+    return [x["id"] for x in resp.json()]
+
+
+DEPLOYMENT_FILTERS = [
+    # (params, expected labels in answer order)
+    ({}, ["p1", "p2", "p3", "r1", "r2", "s1", "s2", "s3"]),  # id asc by default
+    ({"sort": "desc"}, ["s3", "s2", "s1", "r2", "r1", "p3", "p2", "p1"]),
+    ({"order_by": "iid", "sort": "desc"}, ["s3", "s2", "s1", "r2", "r1", "p3", "p2", "p1"]),
+    ({"order_by": "created_at"}, ["p1", "p2", "p3", "r1", "r2", "s1", "s2", "s3"]),
+    ({"order_by": "updated_at"}, ["p1", "p3", "r1", "r2", "s1", "s2", "s3", "p2"]),
+    ({"order_by": "updated_at", "sort": "desc"}, ["p2", "s3", "s2", "s1", "r2", "r1", "p3", "p1"]),
+    ({"environment": "production"}, ["p1", "p2", "p3"]),
+    ({"environment": "review/feature-x", "status": "success"}, ["r1"]),
+    ({"environment": "nope"}, []),
+    ({"environment": "Production"}, []),  # exact name
+    ({"status": "success"}, ["p1", "p2", "r1"]),
+    ({"status": "running"}, ["r2"]),
+    ({"status": "skipped"}, ["s2"]),
+    ({"status": "blocked"}, []),
+    ({"status": "success", "order_by": "finished_at"}, ["p1", "r1", "p2"]),
+    ({"status": "failed", "order_by": "finished_at", "sort": "desc"}, ["p3"]),
+    ({"order_by": "updated_at", "updated_after": "AT5"}, ["s1", "s2", "s3", "p2"]),  # inclusive
+    ({"updated_after": "", "finished_before": ""}, ["p1", "p2", "p3", "r1", "r2", "s1", "s2", "s3"]),  # no filter
+    ({"order_by": "updated_at", "updated_before": "AT1"}, ["p1"]),  # inclusive: p2 moved on to 8
+    ({"order_by": "updated_at", "updated_before": "AT3", "updated_after": "AT2"}, ["p3", "r1"]),
+    ({"order_by": "updated_at", "updated_before": "AT2", "updated_after": "AT3"}, []),  # before < after
+    ({"order_by": "updated_at", "updated_after": "2024-03-01T00:04:30+00:00", "environment": "staging"},
+     ["s1", "s2", "s3"]),
+    ({"order_by": "finished_at", "status": "success", "finished_after": "AT3"}, ["r1", "p2"]),  # inclusive
+    ({"order_by": "finished_at", "status": "success", "finished_before": "AT3"}, ["p1"]),  # strict
+    ({"order_by": "finished_at", "status": "success", "finished_after": "AT0", "finished_before": "AT8",
+      "sort": "desc"}, ["r1", "p1"]),
+]
+
+
+@pytest.mark.parametrize("params,expected", DEPLOYMENT_FILTERS, ids=[repr(p) for p, _ in DEPLOYMENT_FILTERS])
+def test_deployment_list_filters_and_orders(api, deployed, params, expected):
+    project, d = deployed
+    subst = {f"AT{m}": f"2024-03-01T00:0{m}:00Z" for m in range(10)}
+    params = {k: subst.get(v, v) for k, v in params.items()}
+    resp = api.get("/projects/70/deployments", params=params)
+    assert _ids(resp) == [d[label].id for label in expected]
+    for item in resp.json():
+        assert set(item) == {"id", "iid", "ref", "sha", "created_at", "updated_at", "user", "environment",
+                             "deployable", "status"}
+        assert set(item["environment"]) == {"id", "name", "slug", "external_url", "created_at", "updated_at"}
+
+
+DEPLOYMENT_REFUSALS = [
+    # GitLab's DeploymentsFinder#validate!: 400 {"message": "400 Bad request - ..."}
+    ({"updated_after": "2024-03-01T00:00:00Z"}, "`updated_at` filter requires `updated_at` sort"),
+    ({"updated_before": "2024-03-01T00:00:00Z", "order_by": "id"}, "`updated_at` filter requires `updated_at` sort"),
+    ({"updated_after": "2024-03-01T00:00:00Z", "order_by": "updated_at", "finished_after": "2024-03-01T00:00:00Z",
+      "status": "success"}, "Both `updated_at` filter and `finished_at` filter can not be specified"),
+    ({"finished_after": "2024-03-01T00:00:00Z", "status": "success"},
+     "`finished_at` filter requires `finished_at` sort."),
+    ({"finished_before": "2024-03-01T00:00:00Z", "order_by": "finished_at"},
+     "`finished_at` filter must be combined with `success` status filter."),
+    ({"finished_before": "2024-03-01T00:00:00Z", "order_by": "finished_at", "status": "failed"},
+     "`finished_at` filter must be combined with `success` status filter."),
+    ({"order_by": "finished_at"},
+     "`finished_at` sort requires `finished_at` filter or a filter with at least one of the finished statuses."),
+    ({"order_by": "finished_at", "status": "running"},
+     "`finished_at` sort requires `finished_at` filter or a filter with at least one of the finished statuses."),
+]
+
+
+@pytest.mark.parametrize("params,reason", DEPLOYMENT_REFUSALS, ids=[repr(p) for p, _ in DEPLOYMENT_REFUSALS])
+def test_deployment_list_refuses_what_gitlab_refuses(api, deployed, params, reason):
+    resp = api.get("/projects/70/deployments", params=params)
+    assert resp.status_code == 400 and resp.json() == {"message": f"400 Bad request - {reason}"}
+
+
+DEPLOYMENT_BAD_VALUES = [
+    # Grape: 400 {"error": "..."}
+    ({"order_by": "ref"}, "order_by does not have a valid value"),  # removed in GitLab 16.3
+    ({"order_by": "name"}, "order_by does not have a valid value"),
+    ({"sort": "ASC"}, "sort does not have a valid value"),
+    ({"status": "passed"}, "status does not have a valid value"),
+    ({"updated_after": "yesterday", "order_by": "updated_at"}, "updated_after is invalid"),
+    ({"finished_before": "2024-13-01"}, "finished_before is invalid"),
+    ({"status[]": ["success", "created"]}, "status is invalid"),
+    ({"status": ""}, "status does not have a valid value"),
+    ({"order_by": "x", "sort": "x", "updated_after": "x"},
+     "order_by does not have a valid value, sort does not have a valid value, updated_after is invalid"),
+]
+
+
+@pytest.mark.parametrize("params,error", DEPLOYMENT_BAD_VALUES, ids=[repr(p) for p, _ in DEPLOYMENT_BAD_VALUES])
+def test_deployment_list_rejects_bad_values(api, deployed, params, error):
+    resp = api.get("/projects/70/deployments", params=params)
+    assert resp.status_code == 400 and resp.json() == {"error": error}
+
+
+def test_deployment_list_paginates(gitlab, api):
+    project = gitlab.add_project(71, "acme/many-deploys")
+    sha = project.branches["main"]
+    made = [project.deploy("production", ref="main", sha=sha, at=_at(i)).id for i in range(45)]
+    first = api.get("/projects/71/deployments")
+    h = first.headers
+    assert (h["X-Page"], h["X-Per-Page"], h["X-Total"], h["X-Total-Pages"], h["X-Next-Page"], h["X-Prev-Page"]) == \
+        ("1", "20", "45", "3", "2", "")
+    seen, resp = _ids(first), first
+    while "next" in resp.links:
+        resp = api.s.get(resp.links["next"]["url"], timeout=TIMEOUT)
+        seen += _ids(resp)
+    assert seen == made and resp.headers["X-Page"] == "3" and resp.headers["X-Next-Page"] == ""
+    newest = api.get("/projects/71/deployments", params={"sort": "desc", "per_page": 3, "status": "success"})
+    assert _ids(newest) == made[::-1][:3] and newest.headers["X-Total"] == "45"
+    assert api.get("/projects/71/deployments", params={"per_page": 1000}).headers["X-Per-Page"] == "100"
+
+
+def test_single_deployment(gitlab, api, deployed):
+    project, d = deployed
+    one = api.get(f"/projects/70/deployments/{d['p3'].id}")
+    assert one.status_code == 200 and one.json() == d["p3"].as_json()
+    body = one.json()
+    assert (body["iid"], body["ref"], body["sha"], body["status"]) == (3, "main", d["p3"].sha, "failed")
+    assert body["environment"]["name"] == "production" and body["deployable"]["status"] == "failed"
+    assert body["deployable"]["web_url"] == f"{gitlab.url}/acme/deployed/-/jobs/{d['p3'].deployable_id}"
+    assert body["deployable"]["finished_at"] == d["p3"].finished_at
+    by_path = api.get(f"/projects/acme%2Fdeployed/deployments/{d['p3'].id}")
+    assert by_path.json() == body
+    missing = api.get("/projects/70/deployments/999999")
+    assert missing.status_code == 404 and missing.json() == {"message": "404 Not found"}
+    assert api.get("/projects/70/deployments/abc").json() == {"error": "deployment_id is invalid"}
+    other = gitlab.add_project(72, "acme/other")
+    assert api.get(f"/projects/72/deployments/{d['p3'].id}").status_code == 404
+    assert other.deploy("production", ref="main", sha=other.branches["main"]).id > d["s3"].id  # global ids
+    assert api.get("/projects/404/deployments").json() == {"message": "404 Project Not Found"}
+
+
+def test_deployment_of_a_pipeline_names_it(gitlab, api):
+    project = gitlab.add_project(73, "acme/piped-deploy")
+    sha = project.branches["main"]
+    pl = project.add_pipeline(sha, "main", created_at=_at(0))
+    dep = project.deploy("production", ref="main", sha=sha, at=_at(1))
+    job = api.get(f"/projects/73/deployments/{dep.id}").json()["deployable"]
+    assert job["pipeline"]["id"] == pl.id and job["pipeline"]["web_url"] == pl.web_url
+    assert job["commit"]["id"] == sha and job["ref"] == "main" and job["stage"] == "deploy"
+
+
+def test_environment_list(gitlab, api, deployed):
+    project, d = deployed
+    project.stop_environment("staging")
+    project.add_environment("review/other", state="stopping")
+    project.add_environment("feature-flags")
+    resp = api.get("/projects/70/environments")
+    assert [e["name"] for e in resp.json()] == ["production", "review/feature-x", "staging", "review/other",
+                                                "feature-flags"]
+    first = resp.json()[0]
+    assert set(first) == {"id", "name", "slug", "external_url", "created_at", "updated_at", "tier", "project",
+                          "state", "auto_stop_at", "description", "auto_stop_setting"}  # no last_deployment
+    assert first["project"]["path_with_namespace"] == "acme/deployed" and first["project"]["id"] == 70
+    assert (first["slug"], first["tier"], first["state"]) == ("production", "production", "available")
+
+    def names(params):
+        r = api.get("/projects/70/environments", params=params)
+        assert r.status_code == 200, r.text
+        return [e["name"] for e in r.json()]
+
+    assert names({"states": "available"}) == ["production", "review/feature-x", "feature-flags"]
+    assert names({"states": "stopped"}) == ["staging"]
+    assert names({"states": "stopping"}) == ["review/other"]
+    assert names({"name": "review/feature-x"}) == ["review/feature-x"]
+    assert names({"name": "review"}) == []  # exact
+    assert names({"search": "rev"}) == ["review/feature-x", "review/other"]  # prefix of the name
+    assert names({"search": "FEAT"}) == ["review/feature-x", "feature-flags"]  # or of the name in its folder
+    assert names({"search": "oth"}) == ["review/other"]
+    assert names({"search": "duction"}) == []  # a prefix, not a substring
+    assert names({"search": "review", "states": "available"}) == ["review/feature-x"]
+    page = api.get("/projects/70/environments", params={"per_page": 2, "page": 2})
+    assert [e["name"] for e in page.json()] == ["staging", "review/other"] and page.headers["X-Total"] == "5"
+    assert page.headers["X-Next-Page"] == "3"
+
+
+@pytest.mark.parametrize("params,status,body", [
+    ({"states": "running"}, 400, {"error": "states does not have a valid value"}),
+    ({"states": ""}, 400, {"error": "states does not have a valid value"}),
+    ({"name": "production", "search": "prod"}, 400, {"error": "name, search cannot be used together"}),
+    ({"states": "x", "name": "a", "search": "abc"}, 400,
+     {"error": "states does not have a valid value, name, search cannot be used together"}),
+    ({"search": "pr"}, 400, {"message": "400 Bad request - Search query is less than 3 characters"}),
+])
+def test_environment_list_refusals(api, deployed, params, status, body):
+    resp = api.get("/projects/70/environments", params=params)
+    assert resp.status_code == status and resp.json() == body
+
+
+def test_environment_search_flag_off(gitlab, api, deployed):
+    gitlab.environment_search_api_min_chars = False
+    try:
+        assert [e["name"] for e in api.get("/projects/70/environments", params={"search": "pr"}).json()] == \
+            ["production"]
+    finally:
+        gitlab.environment_search_api_min_chars = True
+
+
+def test_single_environment_has_last_deployment(gitlab, api, deployed):
+    project, d = deployed
+    prod = project.get_environment("production")
+    body = api.get(f"/projects/70/environments/{prod.id}").json()
+    assert "project" not in body and body["state"] == "available" and body["tier"] == "production"
+    last = body["last_deployment"]
+    assert last["id"] == d["p2"].id  # the newest success (by finished_at), not the newest deployment (p3 failed)
+    assert "environment" not in last and last["deployable"]["id"] == d["p2"].deployable_id
+    assert {k: v for k, v in last.items()} == {k: v for k, v in d["p2"].as_json().items() if k != "environment"}
+    staging = project.get_environment("staging")
+    assert api.get(f"/projects/70/environments/{staging.id}").json()["last_deployment"] is None
+    review = project.get_environment("review/feature-x")
+    assert api.get(f"/projects/70/environments/{review.id}").json()["last_deployment"]["id"] == d["r1"].id
+    missing = api.get("/projects/70/environments/999999")
+    assert missing.status_code == 404 and missing.json() == {"message": "404 Not found"}
+    assert api.get("/projects/70/environments/prod").json() == {"error": "environment_id is invalid"}
+    other = gitlab.add_project(74, "acme/elsewhere")
+    assert api.get(f"/projects/74/environments/{prod.id}").status_code == 404
+    assert other.add_environment("production").id > prod.id  # ids are global
+
+
+def test_deployments_survive_their_branch(gitlab, api, deployed):
+    project, d = deployed
+    rel_sha = d["p2"].sha
+    project.delete_branch("release/1")
+    project.delete_branch("feature/x")
+    assert "release/1" not in project.branches
+    listed = api.get("/projects/70/deployments", params={"environment": "production", "status": "success",
+                                                         "order_by": "finished_at", "sort": "desc"})
+    assert _ids(listed) == [d["p2"].id, d["p1"].id] and listed.json()[0]["ref"] == "release/1"
+    commit = api.get(f"/projects/70/repository/commits/{rel_sha}")
+    assert commit.status_code == 200 and commit.json()["id"] == rel_sha  # kept around by the deployment
+    states = {e["name"]: e["state"] for e in api.get("/projects/70/environments").json()}
+    # GitLab stops the environments whose last successful deployment came from a deleted branch:
+    # production's (p2, release/1) and the review app's (r1, feature/x).
+    assert states == {"production": "stopped", "review/feature-x": "stopped", "staging": "available"}
+    review = project.get_environment("review/feature-x")
+    assert api.get(f"/projects/70/environments/{review.id}").json()["last_deployment"]["ref"] == "feature/x"
+
+
+def test_environment_routes_need_auth_take_faults_and_are_counted(gitlab, api, deployed):
+    project, d = deployed
+    anonymous = Api(gitlab, token=False)
+    for path in ("/projects/70/environments", "/projects/70/deployments", f"/projects/70/deployments/{d['p1'].id}",
+                 f"/projects/70/environments/{d['p1'].environment_id}"):
+        assert anonymous.get(path).status_code == 401
+    assert Api(gitlab, token="wrong").get("/projects/70/deployments").status_code == 401
+    gitlab.reset_requests()
+    gitlab.inject_fault("GET", r"/projects/70/deployments$", 429, times=1, headers={"Retry-After": "1"})
+    gitlab.inject_fault("GET", r"/projects/70/environments$", 503, times=1)
+    limited = api.get("/projects/70/deployments")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+    assert api.get("/projects/70/deployments").status_code == 200
+    assert api.get("/projects/70/environments").status_code == 503
+    assert api.get("/projects/70/environments").status_code == 200
+    assert gitlab.count("GET", r"/projects/70/deployments$") == 2
+    assert gitlab.count("GET", r"/projects/70/environments$") == 2
+    assert api.s.post(api.base + "/projects/70/deployments", timeout=TIMEOUT).status_code == 405
+    assert api.s.head(api.base + "/projects/70/environments", timeout=TIMEOUT).status_code == 200
+
+
+# --- Deployment Hook deliveries ---------------------------------------------------------------
+
+def test_deployment_hook_delivery(gitlab, deployed):
+    import json
+
+    from tests.support.payloads import DEPLOYMENT_HOOK, deployment_hook, load_payload
+
+    project, d = deployed
+    headers, raw = deployment_hook(project, d["r1"], token="s3cret")
+    body = json.loads(raw)
+    assert headers["X-Gitlab-Event"] == DEPLOYMENT_HOOK == "Deployment Hook"
+    assert headers["X-Gitlab-Token"] == "s3cret" and headers["Content-Type"] == "application/json"
+    assert headers["X-Gitlab-Instance"] == gitlab.url and headers["User-Agent"].startswith("GitLab/")
+    assert headers["X-Gitlab-Event-UUID"] != headers["Idempotency-Key"]
+    env = project.get_environment("review/feature-x")
+    assert body["object_kind"] == "deployment" and body["status"] == "success"
+    assert (body["deployment_id"], body["deployable_id"]) == (d["r1"].id, d["r1"].deployable_id)
+    assert (body["environment"], body["environment_slug"], body["environment_tier"]) == \
+        ("review/feature-x", env.slug, "development")
+    assert body["environment_external_url"] is None and body["project"]["id"] == 70
+    assert body["project"]["path_with_namespace"] == "acme/deployed"
+    assert body["short_sha"] == d["r1"].sha[:8] and body["commit_url"].endswith("/-/commit/" + d["r1"].sha)
+    assert body["deployable_url"] == f"{gitlab.url}/acme/deployed/-/jobs/{d['r1'].deployable_id}"
+    assert body["status_changed_at"] == "2024-03-01 00:03:00 UTC" and body["ref"] == "feature/x"
+    assert body["user"]["username"] == "emulator" and body["user"]["email"] == "[REDACTED]"
+    # The documented shape is the example payload's, key for key.
+    _, documented = deployment_hook(project, d["r1"], with_ref=False)
+    assert list(json.loads(documented)) == list(load_payload("deployment_success.json"))
+    # A retry of one delivery keeps its ids; no secret, no token header.
+    again, _ = deployment_hook(project, d["r1"], event_uuid="e-1", idempotency_key="k-1")
+    assert (again["X-Gitlab-Event-UUID"], again["Idempotency-Key"]) == ("e-1", "k-1")
+    assert "X-Gitlab-Token" not in again
+
+
+def test_deployment_hook_statuses(gitlab, deployed):
+    import json
+
+    from tests.support.payloads import deployment_hook
+
+    project, d = deployed
+    p2 = d["p2"]  # running from 1, success at 8
+    _, running = deployment_hook(project, p2, status="running")
+    assert json.loads(running)["status"] == "running"
+    assert json.loads(running)["status_changed_at"] == "2024-03-01 00:01:00 UTC"
+    assert json.loads(deployment_hook(project, p2)[1])["status_changed_at"] == "2024-03-01 00:08:00 UTC"
+    for label, status in (("p3", "failed"), ("s1", "canceled"), ("r2", "running")):
+        assert json.loads(deployment_hook(project, d[label])[1])["status"] == status
+    for label in ("s2", "s3"):  # skipped, created: GitLab sends no hook for them
+        with pytest.raises(ValueError):
+            deployment_hook(project, d[label])
+    with pytest.raises(ValueError):
+        deployment_hook(project, p2, status="blocked")
+    live = project.deploy("production", ref="main", sha=project.branches["main"], status="running", at=_at(20))
+    project.update_deployment(live.id, "success", at=_at(21))
+    body = json.loads(deployment_hook(project, live, status="running")[1])
+    assert body["status_changed_at"] == "2024-03-01 00:20:00 UTC"
+    assert json.loads(deployment_hook(project, live)[1])["status_changed_at"] == "2024-03-01 00:21:00 UTC"
+    seeded = project.deploy("production", ref="main", sha=project.branches["main"], at=_at(30))  # straight to success
+    body = json.loads(deployment_hook(project, seeded, status="running")[1])
+    assert body["status_changed_at"] == "2024-03-01 00:30:00 UTC"  # never seen running: its created_at
+
+
+def test_example_deployment_payloads():
+    from tests.support.payloads import EVENTS, PAYLOADS, headers_for, load_payload
+
+    success = load_payload("deployment_success.json")
+    for name in ("deployment_running.json", "deployment_failed.json"):
+        other = load_payload(name)
+        assert list(other) == list(success) and other["object_kind"] == "deployment"
+        assert other["commit_url"].endswith("/" + other["commit_url"].rsplit("/", 1)[-1])
+        assert other["commit_url"].rsplit("/", 1)[-1].startswith(other["short_sha"])
+        assert "ref" not in other  # the documented shape
+    running = load_payload("deployment_running.json")
+    assert running["status"] == "running" and running["deployment_id"] == success["deployment_id"]
+    assert running["status_changed_at"] < success["status_changed_at"]
+    failed = load_payload("deployment_failed.json")
+    assert failed["status"] == "failed" and failed["environment_slug"] == environment_slug(failed["environment"])
+    for name in ("deployment_running.json", "deployment_success.json", "deployment_failed.json"):
+        assert EVENTS[name] == "Deployment Hook" and headers_for(name)["X-Gitlab-Event"] == "Deployment Hook"
+    assert set(EVENTS) == {p.name for p in PAYLOADS.glob("*.json")} - {"headers.json"}

@@ -2,7 +2,7 @@
 
 `HttpCore` is the base of `GitLabEmulator` (tests/support/gitlab_emulator.py), which assembles it
 with the handlers of each API area (emulator_projects, emulator_merge_requests,
-emulator_pipelines, emulator_registry, emulator_hooks). A request goes:
+emulator_pipelines, emulator_deployments, emulator_registry, emulator_hooks). A request goes:
 `_wsgi` (the raw path, %2F kept; the request log; dropped connections) -> `_respond` (an
 injected fault, else `/jwt/auth`, else `/api/v4/...`: `_authenticate`, then the first route of
 `_routes` whose regex fullmatches the path and whose method matches, GET also serving HEAD;

@@ -1042,7 +1042,8 @@ class Project:
                 self._deployment_succeeded(dep, t)
             return dep
 
-    def stop_environment(self, name: str, *, state: str = "stopped", at: dt.datetime | str | None = None) -> Environment:
+    def stop_environment(self, name: str, *, state: str = "stopped",
+                         at: dt.datetime | str | None = None) -> Environment:
         """Stop an environment: available -> "stopping" (stop jobs running) or "stopped"; stopping ->
         stopped. ValueError for any other move (an already stopped one); KeyError when unknown."""
         if state not in ("stopping", "stopped"):
