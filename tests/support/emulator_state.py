@@ -991,11 +991,11 @@ class Project:
         with self._lock():
             tag = self._check_ref_and_sha(ref, sha)
             created = parse_time(at) if at is not None else _now()
-            updated = self._emu._tick(created) if self._emu is not None else created
             try:
                 env = self.get_environment(environment)
             except KeyError:
                 env = self._new_environment(environment, "available", None, None, created, "always")
+            updated = self._emu._tick(created) if self._emu is not None else created
             self._deployment_iid += 1
             dep = Deployment(
                 id=self._emu._next_id("deployment") if self._emu is not None else self._deployment_iid,
