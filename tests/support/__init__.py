@@ -12,13 +12,15 @@ The real parts
 
 The GitLab emulator
 - gitlab_emulator: `GitLabEmulator`, assembled from the modules below; its route table.
-- emulator_state: the state model (projects, commit graph, merge requests, pipelines).
+- emulator_state: the state model (projects, commit graph, merge requests, pipelines,
+  environments and deployments).
 - emulator_http: the WSGI app, routing, auth, pagination, errors.
-- emulator_projects, emulator_merge_requests, emulator_pipelines, emulator_registry,
-  emulator_hooks: the handlers of each API area.
+- emulator_projects, emulator_merge_requests, emulator_pipelines, emulator_deployments,
+  emulator_registry, emulator_hooks: the handlers of each API area.
 
 Helpers of the tests
-- payloads: where the example deliveries live.
+- payloads: where the example deliveries live, their events, and Deployment Hook deliveries
+  built from the emulator's deployments (`deployment_hook`).
 - webapp: the hooks app in-process (`make_app`, `post`, `headers`, `keyspace`).
 - shop: the example project seeded in the emulator and the registry (`make_shop`,
   `merge_payload`, `assert_registry`).

@@ -2,7 +2,7 @@
 
 `HttpCore` is the base of `GitLabEmulator` (tests/support/gitlab_emulator.py), which assembles it
 with the handlers of each API area (emulator_projects, emulator_merge_requests,
-emulator_pipelines, emulator_registry, emulator_hooks). A request goes:
+emulator_pipelines, emulator_deployments, emulator_registry, emulator_hooks). A request goes:
 `_wsgi` (the raw path, %2F kept; the request log; dropped connections) -> `_respond` (an
 injected fault, else `/jwt/auth`, else `/api/v4/...`: `_authenticate`, then the first route of
 `_routes` whose regex fullmatches the path and whose method matches, GET also serving HEAD;
@@ -29,7 +29,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from tests.support.emulator_state import Group, Project, RegistryRepository
+from tests.support.emulator_state import EMULATOR_USER, Group, Project, RegistryRepository
 
 
 def _status_line(status: int) -> str:
@@ -71,8 +71,7 @@ class HttpCore:
 
     API = "/api/v4"
 
-    USER = {"id": 1, "username": "emulator", "name": "GitLab Emulator", "state": "active",
-            "avatar_url": None, "web_url": "http://gitlab.invalid/emulator"}
+    USER = EMULATOR_USER
 
     # -- WSGI plumbing -----------------------------------------------------------------
     def _wsgi(self, environ, start_response):

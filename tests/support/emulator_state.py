@@ -20,11 +20,16 @@ What was checked against GitLab's source (gitlabhq, GitLab 17-18) and docs:
   success/failed/canceled (`HasStatus.finished`), `started_at` is set on the way to running and
   `finished_at` on success/failed/canceled, `before_sha` falls back to forty zeros, merge request
   pipelines never have `tag: true`, a pipeline keeps its commits around (`keep_around_commits`).
+- Environments and deployments (app/models/environment.rb, app/models/deployment.rb,
+  lib/gitlab/slug/environment.rb, Environments::StopService, Ci::Deployments::DestroyService,
+  Deployments::UpdateEnvironmentService; GitLab 17-18): see the "seeding: environments and
+  deployments" section of `Project` for what each rule comes from.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import secrets
 import threading
@@ -53,6 +58,24 @@ DANGLING_SOURCES = ("webide", "parent_pipeline", "ondemand_dast_scan", "ondemand
 CI_BRANCH_SOURCES = tuple(s for s in PIPELINE_SOURCES if s not in DANGLING_SOURCES and s != "merge_request_event")
 MERGE_METHODS = ("merge", "ff", "squash", "squash_ff")
 MR_REF = re.compile(r"refs/merge-requests/(\d+)/(head|merge|train)")
+
+# Deployment.statuses (GitLab 17-18: `skipped` and `blocked` included; the API's `status` filter takes
+# every key). FINISHED set finished_at; Deployment Hooks fire on running and the finished ones.
+DEPLOYMENT_STATUSES = ("created", "running", "success", "failed", "canceled", "skipped", "blocked")
+DEPLOYMENT_FINISHED = ("success", "failed", "canceled")
+DEPLOYMENT_HOOK_STATUSES = ("running", "success", "failed", "canceled")
+# Deployment's state machine: status -> the statuses it may be reached from (None: any other one).
+DEPLOYMENT_TRANSITIONS = {"running": ("created", "blocked"), "blocked": ("created",), "created": ("skipped",),
+                          "success": None, "failed": None, "canceled": None, "skipped": None}
+ENVIRONMENT_STATES = ("available", "stopping", "stopped")  # Environment.valid_states
+ENVIRONMENT_TIERS = ("production", "staging", "testing", "development", "other")
+AUTO_STOP_SETTINGS = ("always", "with_action")
+# Gitlab::Regex.environment_name_regex: letters, digits, '-', '_', '/', '$', '{', '}', '.', spaces; not
+# starting or ending with '/'. At most 255 characters.
+ENVIRONMENT_NAME = re.compile(r"(?!/)[a-zA-Z0-9_/${}. -]+(?<!/)")
+# The one user the emulator knows (the API's UserBasic); `HttpCore.USER` is this dict.
+EMULATOR_USER = {"id": 1, "username": "emulator", "name": "GitLab Emulator", "state": "active",
+                 "avatar_url": None, "web_url": "http://gitlab.invalid/emulator"}
 
 _FALLBACK_LOCK = threading.RLock()  # for a Project built without an emulator
 
@@ -95,6 +118,47 @@ def _now() -> dt.datetime:
 
 def _now_iso() -> str:
     return iso(_now())
+
+
+def _base_url(emu: Any) -> str:
+    """The emulator's URL while it serves, else a placeholder (a state built without a server)."""
+    return emu.url if emu is not None and getattr(emu, "_server", None) is not None else "http://gitlab.invalid"
+
+
+def environment_slug(name: str) -> str:
+    """Gitlab::Slug::Environment#generate: lowercase, every character but a-z0-9 becomes '-', 'env-'
+    in front unless it starts with a letter, repeated '-' squeezed; then, when the result is longer
+    than 24 characters OR differs from the name at all (e.g. "review/x", "PRODUCTION"), its first 17
+    characters, a '-' and a 6-character suffix from the name's SHA-256 (in base 36); otherwise
+    it loses one trailing '-'. So "production" -> "production", "review/1-foo" -> "review-1-foo-<6>"."""
+    name = name or ""
+    slug = re.sub(r"[^a-z0-9]", "-", name.lower())
+    if not re.match(r"[a-z]", slug):
+        slug = "env-" + slug
+    slug = re.sub(r"-+", "-", slug)
+    if len(slug) > 24 or slug != name:
+        n = int(hashlib.sha256(name.encode()).hexdigest(), 16)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+        b36 = ""
+        while n:
+            n, r = divmod(n, 36)
+            b36 = digits[r] + b36
+        slug = slug[:17]
+        if not slug.endswith("-"):
+            slug += "-"
+        return slug + (b36 or "0")[-6:]
+    return slug[:-1] if slug.endswith("-") else slug
+
+
+def guess_tier(name: str) -> str:
+    """Environment#guess_tier: the tier GitLab gives an environment created without one."""
+    for pattern, tier in ((r"(dev|review|trunk)", "development"),
+                          (r"(test|tst|int|ac(ce|)pt|qa|qc|control|quality)", "testing"),
+                          (r"(st(a|)g|mod(e|)l|pre|demo|non)", "staging"),
+                          (r"(pr(o|)d|live)", "production")):
+        if re.search(pattern, name, re.IGNORECASE):
+            return tier
+    return "other"
 
 
 def _norm_commits(commits: Iterable[str | dict], branch: str, titles: dict[str, str] | None = None) -> list[dict]:
@@ -208,11 +272,153 @@ class RegistryRepository:
     created_at: str = field(default_factory=_now_iso)
 
 
+@dataclass
+class Environment:
+    """An environment as GitLab stores it (app/models/environment.rb). `slug` is made once, at
+    creation (`environment_slug`), and never changes; `tier` defaults to `guess_tier(name)`."""
+    id: int  # unique across the emulator
+    project_id: int
+    name: str
+    slug: str
+    state: str  # available, stopping, stopped
+    tier: str
+    external_url: str | None
+    created_at: str
+    updated_at: str
+    auto_stop_at: str | None = None
+    auto_stop_setting: str = "always"
+    description: str | None = None
+    _project: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def deployments(self) -> list["Deployment"]:
+        """Every deployment of this environment, in id order."""
+        if self._project is None:
+            return []
+        return [d for d in self._project.deployments.values() if d.environment_id == self.id]
+
+    @property
+    def last_deployment(self) -> "Deployment | None":
+        """Environment#last_deployment: `success.ordered`, the successful deployment that finished last
+        (ORDER BY finished_at DESC; ties by id here)."""
+        done = [d for d in self.deployments if d.status == "success"]
+        return max(done, key=lambda d: (d.finished_at or "", d.id)) if done else None
+
+    def basic_json(self) -> dict:
+        """Entities::EnvironmentBasic, as deployments embed it."""
+        return {"id": self.id, "name": self.name, "slug": self.slug, "external_url": self.external_url,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def as_json(self, *, last_deployment: bool = False) -> dict:
+        """Entities::Environment. The list (`last_deployment=False`) has `project` and no
+        `last_deployment`, as current GitLab; the single environment has `last_deployment` (the
+        newest successful deployment, without its `environment`) and no `project`."""
+        out = self.basic_json()
+        out["tier"] = self.tier
+        if not last_deployment and self._project is not None:
+            out["project"] = self._project._basic_project_details()
+        if last_deployment:
+            last = self.last_deployment
+            out["last_deployment"] = None if last is None else {
+                k: v for k, v in last.as_json().items() if k != "environment"}
+        out.update({"state": self.state, "auto_stop_at": self.auto_stop_at, "description": self.description,
+                    "auto_stop_setting": self.auto_stop_setting})
+        return out
+
+
+@dataclass
+class Deployment:
+    """A deployment as GitLab stores it (app/models/deployment.rb): made by a CI job (`deployable_id`),
+    `iid` per project, `finished_at` set on each move to success/failed/canceled. `transitions`:
+    (status, time) of every status it took, oldest first (what a Deployment Hook's
+    `status_changed_at` is)."""
+    id: int  # unique across the emulator, in creation order
+    iid: int  # per project
+    project_id: int
+    environment_id: int
+    ref: str
+    sha: str
+    tag: bool
+    status: str
+    created_at: str
+    updated_at: str
+    finished_at: str | None = None
+    deployable_id: int | None = None
+    job_name: str = "deploy"
+    user: dict = field(default_factory=lambda: dict(EMULATOR_USER))
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+    _project: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def environment(self) -> Environment:
+        return self._project.environments[self.environment_id]
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha[:8]
+
+    # The job's status for each deployment status (Deployment#sync_status_with maps a job's `manual` to
+    # `blocked`; a job that waits is `created` to its deployment).
+    JOB_STATUS = {"created": "created", "running": "running", "success": "success", "failed": "failed",
+                  "canceled": "canceled", "skipped": "skipped", "blocked": "manual"}
+
+    @property
+    def deployable(self) -> dict | None:
+        """The CI job that deploys (a small Entities::Ci::Job): its pipeline is the project's newest
+        pipeline on the same sha and ref when there is one, else null (the emulator makes none)."""
+        if self.deployable_id is None:
+            return None
+        p = self._project
+        emu = p._emu if p is not None else None
+        base, path = _base_url(emu), (p.path if p is not None else str(self.project_id))
+        pipeline = None
+        if p is not None:
+            same = [pl for pl in p.pipelines.values() if pl.sha == self.sha and pl.ref == self.ref]
+            if same:
+                pl = same[-1]
+                pipeline = {"id": pl.id, "iid": pl.iid, "project_id": pl.project_id, "sha": pl.sha, "ref": pl.ref,
+                            "status": pl.status, "source": pl.source, "created_at": pl.created_at,
+                            "updated_at": pl.updated_at, "web_url": pl.web_url}
+        started = None if self.status in ("created", "blocked", "skipped") else self.created_at
+        duration = None
+        if started and self.finished_at:
+            duration = (parse_time(self.finished_at) - parse_time(started)).total_seconds()
+        return {
+            "id": self.deployable_id, "status": self.JOB_STATUS[self.status], "stage": "deploy",
+            "name": self.job_name, "ref": self.ref, "tag": self.tag, "coverage": None, "allow_failure": False,
+            "created_at": self.created_at, "started_at": started, "finished_at": self.finished_at,
+            "erased_at": None, "duration": duration, "queued_duration": None, "user": dict(self.user),
+            "commit": {"id": self.sha, "short_id": self.short_sha, "title": f"Commit {self.short_sha}"},
+            "pipeline": pipeline, "web_url": f"{base}/{path}/-/jobs/{self.deployable_id}",
+            "project": {"ci_job_token_scope_enabled": False}, "artifacts": [], "runner": None,
+            "artifacts_expire_at": None, "archived": False, "tag_list": [],
+            **({"failure_reason": "script_failure"} if self.status == "failed" else {}),
+        }
+
+    def as_json(self) -> dict:
+        """Entities::Deployment (the list and the single deployment alike, as GitLab's FOSS
+        DeploymentExtended adds nothing). GitLab exposes no `finished_at` here; the job has one."""
+        return {"id": self.id, "iid": self.iid, "ref": self.ref, "sha": self.sha, "created_at": self.created_at,
+                "updated_at": self.updated_at, "user": dict(self.user),
+                "environment": self.environment.basic_json(), "deployable": self.deployable, "status": self.status}
+
+    def status_changed_at(self, status: str | None = None) -> str:
+        """When the deployment last moved to `status` (default: its current one); its created_at when it
+        never did (a deployment seeded straight as success asked for its `running` moment)."""
+        status = status or self.status
+        for s, at in reversed(self.transitions):
+            if s == status:
+                return at
+        return self.created_at
+
+
 class _Branches(dict):
     """`Project.branches`: name -> head SHA, a plain dict to read and write. Writing a head is
     `git update-ref`: the branch then contains exactly that commit's ancestry (just the commit
     when the emulator knows no parents for it, which is what a bare `branches[name] = sha` always
-    meant). Deleting forgets the branch's history but not its commits."""
+    meant). Deleting forgets the branch's history but not its commits, and stops the environments
+    GitLab stops when a branch goes (`Project._stop_environments_for_branch`). Assigning a whole new
+    dict (`project.branches = {...}`) rewrites the refs without that side effect."""
 
     def __init__(self, project: "Project", initial: dict | None = None):
         super().__init__()
@@ -227,6 +433,7 @@ class _Branches(dict):
         with self._project._lock():
             dict.__delitem__(self, name)
             self._project.history.pop(name, None)
+            self._project._stop_environments_for_branch(name)
 
     def pop(self, name, *default):
         with self._project._lock():
@@ -246,8 +453,11 @@ class _Branches(dict):
 
     def clear(self) -> None:
         with self._project._lock():
+            names = list(self)
             dict.clear(self)
             self._project.history.clear()
+            for name in names:
+                self._project._stop_environments_for_branch(name)
 
     def update(self, *args, **kwargs) -> None:
         for name, sha in dict(*args, **kwargs).items():
@@ -291,6 +501,10 @@ class Project:
     # Commits kept around without being in the graph (pipelines' SHAs), also after deletion.
     _kept: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
     _pipeline_iid: int = field(default=0, repr=False, compare=False)
+    # Environment id -> environment, and deployment id -> deployment, both in id order.
+    environments: dict[int, Environment] = field(default_factory=dict)
+    deployments: dict[int, Deployment] = field(default_factory=dict)
+    _deployment_iid: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         initial = dict(self.branches)
@@ -663,6 +877,231 @@ class Project:
         """Delete a pipeline (KeyError when it is not this project's). Its commits stay known."""
         with self._lock():
             self.pipelines.pop(pipeline_id)
+
+    # -- seeding: environments and deployments ---------------------------------------
+    # What GitLab does, and where it says so (GitLab 17-18):
+    # - an environment's slug is made once (Gitlab::Slug::Environment, `environment_slug`), its tier
+    #   guessed from its name when not given (Environment#guess_tier); names are unique per project;
+    # - states available/stopping/stopped: `stop` goes available -> stopping (when stop jobs must run)
+    #   or stopped, `stop_complete` available|stopping -> stopped, `start` stopped|stopping ->
+    #   available. A deployment that succeeds fires the job's environment action, `start` by default
+    #   (Deployments::UpdateEnvironmentService): a stopped environment is available again;
+    # - deleting a branch stops the available environments whose last successful deployment came
+    #   from that branch, stop job or not, unless their auto_stop_setting is `with_action` (GitLab
+    #   17.7+; before, always) (Environments::StopService#execute_for_branch, Environment#stop_with_actions!);
+    # - only stopped environments can be deleted (EnvironmentPolicy), and their deployments go with
+    #   them (Environment `use_fast_destroy :all_deployments`);
+    # - a deployment's sha must be a commit of the project and its ref a branch, tag or commit at
+    #   creation (Deployment#valid_sha, #valid_ref); it keeps its commit around
+    #   (refs/environments/<slug>/deployments/<iid>), so it outlives its branch;
+    # - statuses and moves are Deployment's state machine (DEPLOYMENT_TRANSITIONS); finished_at is set
+    #   on every move to success/failed/canceled;
+    # - a running deployment, and an environment's last (newest successful) deployment, cannot be
+    #   deleted (Ci::Deployments::DestroyService).
+    def _basic_project_details(self) -> dict:
+        """Entities::BasicProjectDetails, the `project` of an environment in the list (the fields a
+        client could use; GitLab sends a few more, all about the project)."""
+        base = _base_url(self._emu)
+        ns = self.namespace_path
+        group = None
+        if self._emu is not None:
+            group = next((g for g in self._emu.groups.values() if g.path == ns), None)
+        host = base.split("://", 1)[-1]
+        return {
+            "id": self.id, "description": "", "name": self.name,
+            "name_with_namespace": self.path.replace("/", " / "), "path": self.name,
+            "path_with_namespace": self.path, "created_at": ZERO_TIME, "default_branch": self.default_branch,
+            "tag_list": [], "topics": [], "ssh_url_to_repo": f"git@{host}:{self.path}.git",
+            "http_url_to_repo": f"{base}/{self.path}.git", "web_url": f"{base}/{self.path}",
+            "readme_url": None, "forks_count": 0, "avatar_url": None, "star_count": 0,
+            "last_activity_at": ZERO_TIME,
+            "namespace": {"id": group.id if group else 0, "name": ns.rsplit("/", 1)[-1],
+                          "path": ns.rsplit("/", 1)[-1], "kind": "group" if group else "user", "full_path": ns,
+                          "parent_id": None, "avatar_url": None, "web_url": f"{base}/{ns}"},
+        }
+
+    def get_environment(self, name: str) -> Environment:
+        """The environment named `name` (KeyError when there is none)."""
+        with self._lock():
+            for env in self.environments.values():
+                if env.name == name:
+                    return env
+            raise KeyError(name)
+
+    def _new_environment(self, name: str, state: str, tier: str | None, external_url: str | None,
+                         created: dt.datetime, auto_stop_setting: str) -> Environment:
+        if not isinstance(name, str) or not name or len(name) > 255 or not ENVIRONMENT_NAME.fullmatch(name):
+            raise ValueError(f"environment name {name!r}: can contain only letters, digits, '-', '_', '/', '$', "
+                             "'{', '}', '.', and spaces, but it cannot start or end with '/'")
+        if state not in ENVIRONMENT_STATES:
+            raise ValueError(f"bad environment state {state!r}, not one of {ENVIRONMENT_STATES}")
+        if tier is not None and tier not in ENVIRONMENT_TIERS:
+            raise ValueError(f"bad environment tier {tier!r}, not one of {ENVIRONMENT_TIERS}")
+        if auto_stop_setting not in AUTO_STOP_SETTINGS:
+            raise ValueError(f"bad auto_stop_setting {auto_stop_setting!r}, not one of {AUTO_STOP_SETTINGS}")
+        if any(e.name == name for e in self.environments.values()):
+            raise ValueError(f"environment {name!r} exists (names are unique per project)")
+        slug = environment_slug(name)
+        if any(e.slug == slug for e in self.environments.values()):
+            raise ValueError(f"environment slug {slug!r} of {name!r} is taken")
+        env = Environment(
+            id=self._emu._next_id("environment") if self._emu is not None else len(self.environments) + 1,
+            project_id=self.id, name=name, slug=slug, state=state, tier=tier or guess_tier(name),
+            external_url=external_url or None, created_at=iso(created), updated_at=iso(created),
+            auto_stop_setting=auto_stop_setting, _project=self)
+        self.environments[env.id] = env
+        return env
+
+    def add_environment(self, name: str, *, state: str = "available", tier: str | None = None,
+                        external_url: str | None = None, auto_stop_setting: str = "always") -> Environment:
+        """An environment, as created by the API or a first deploy job (see `deploy`, which does it
+        itself). `tier` defaults to GitLab's guess from the name; `auto_stop_setting` "with_action"
+        keeps it available when its branch is deleted (the emulator models no stop jobs)."""
+        with self._lock():
+            return self._new_environment(name, state, tier, external_url, _now(), auto_stop_setting)
+
+    def _check_ref_and_sha(self, ref: str, sha: str) -> bool:
+        """Deployment#valid_sha and #valid_ref; returns whether `ref` is a git tag."""
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise ValueError(f"deployment sha must be a full SHA, got {sha!r}")
+        if not isinstance(ref, str) or not ref:
+            raise ValueError("deployment ref: can't be blank")
+        known_commits = getattr(self._emu, "known_commits", None)
+        known = known_commits(self) if known_commits is not None else None
+        if known is not None and sha not in known:
+            raise ValueError(f"deployment sha {sha[:8]}: The commit does not exist")
+        m = MR_REF.fullmatch(ref)
+        ok = ref in self.branches or ref in self.tags or (m is not None and int(m.group(1)) in self.merge_requests) \
+            or (known is not None and ref in known) or known is None
+        if not ok:
+            raise ValueError(f"deployment ref {ref!r}: The branch or tag does not exist")
+        return ref in self.tags and ref not in self.branches
+
+    def deploy(self, environment: str, *, ref: str, sha: str, status: str = "success",
+               at: dt.datetime | str | None = None) -> Deployment:
+        """A deployment made by a CI job, as GitLab records it: to `environment` (by name, created
+        when missing, as a deploy job does), of `sha` from `ref` (a branch, tag or
+        refs/merge-requests/<iid>/..., which must exist now, as GitLab checks on create; delete the
+        branch afterwards to model a deleted branch). `at` (datetime or ISO string, default now) is
+        its created_at; updated_at (and finished_at when `status` is success/failed/canceled) is the
+        emulator's clock, the one pipelines use: max(at, the last time handed out + 1 ms). A success
+        makes a stopped environment available again. Ids are global; iid counts per project."""
+        if status not in DEPLOYMENT_STATUSES:
+            raise ValueError(f"bad deployment status {status!r}, not one of {DEPLOYMENT_STATUSES}")
+        with self._lock():
+            tag = self._check_ref_and_sha(ref, sha)
+            created = parse_time(at) if at is not None else _now()
+            try:
+                env = self.get_environment(environment)
+            except KeyError:
+                env = self._new_environment(environment, "available", None, None, created, "always")
+            updated = self._emu._tick(created) if self._emu is not None else created
+            self._deployment_iid += 1
+            dep = Deployment(
+                id=self._emu._next_id("deployment") if self._emu is not None else self._deployment_iid,
+                iid=self._deployment_iid, project_id=self.id, environment_id=env.id, ref=ref, sha=sha, tag=tag,
+                status=status, created_at=iso(created), updated_at=iso(updated),
+                deployable_id=self._emu._next_id("job") if self._emu is not None else None,
+                job_name=f"deploy {environment}"[:255], _project=self)
+            dep.transitions.append(("created", dep.created_at))
+            if status != "created":
+                dep.transitions.append((status, dep.updated_at))
+            if status in DEPLOYMENT_FINISHED:
+                dep.finished_at = dep.updated_at
+            self.deployments[dep.id] = dep
+            self._kept[sha] = None
+            if status == "success":
+                self._deployment_succeeded(dep, updated)
+            return dep
+
+    def _deployment_succeeded(self, dep: Deployment, at: dt.datetime) -> None:
+        """Deployments::UpdateEnvironmentService: the job's environment action (`start`)."""
+        env = dep.environment
+        if env.state in ("stopped", "stopping"):
+            env.state, env.updated_at = "available", iso(at)
+
+    def update_deployment(self, deployment_id: int, status: str, *, at: dt.datetime | str | None = None) -> Deployment:
+        """Move a deployment to `status` along GitLab's state machine (ValueError for a move it does
+        not allow, e.g. success -> running); updated_at moves on the emulator's clock (now, or `at`,
+        never before the last time handed out), finished_at too on success/failed/canceled. KeyError
+        when it is not this project's."""
+        if status not in DEPLOYMENT_STATUSES:
+            raise ValueError(f"bad deployment status {status!r}, not one of {DEPLOYMENT_STATUSES}")
+        with self._lock():
+            dep = self.deployments[deployment_id]
+            allowed = DEPLOYMENT_TRANSITIONS[status]
+            if status == dep.status or (allowed is not None and dep.status not in allowed):
+                raise ValueError(f"deployment {deployment_id} cannot go from {dep.status} to {status}")
+            when = parse_time(at) if at is not None else _now()
+            t = self._emu._tick(when) if self._emu is not None else when
+            dep.status, dep.updated_at = status, iso(t)
+            dep.transitions.append((status, dep.updated_at))
+            if status in DEPLOYMENT_FINISHED:
+                dep.finished_at = dep.updated_at
+            if status == "success":
+                self._deployment_succeeded(dep, t)
+            return dep
+
+    def stop_environment(self, name: str, *, state: str = "stopped",
+                         at: dt.datetime | str | None = None) -> Environment:
+        """Stop an environment: available -> "stopping" (stop jobs running) or "stopped"; stopping ->
+        stopped. ValueError for any other move (an already stopped one); KeyError when unknown."""
+        if state not in ("stopping", "stopped"):
+            raise ValueError(f"stop to 'stopping' or 'stopped', not {state!r}")
+        with self._lock():
+            env = self.get_environment(name)
+            if env.state == "stopped" or (env.state == "stopping" and state == "stopping"):
+                raise ValueError(f"environment {name!r} is {env.state}: cannot go to {state}")
+            env.state, env.updated_at = state, iso(parse_time(at) if at is not None else _now())
+            if state == "stopped":
+                env.auto_stop_at = None
+            return env
+
+    def start_environment(self, name: str, *, at: dt.datetime | str | None = None) -> Environment:
+        """stopped|stopping -> available (ValueError when already available; KeyError when unknown)."""
+        with self._lock():
+            env = self.get_environment(name)
+            if env.state == "available":
+                raise ValueError(f"environment {name!r} is already available")
+            env.state, env.updated_at = "available", iso(parse_time(at) if at is not None else _now())
+            return env
+
+    def delete_environment(self, name: str) -> None:
+        """Delete a stopped environment and its deployments (ValueError for one that is not stopped:
+        GitLab answers 403; KeyError when unknown)."""
+        with self._lock():
+            env = self.get_environment(name)
+            if env.state != "stopped":
+                raise ValueError(f"environment {name!r} is {env.state}: GitLab only deletes stopped environments")
+            for dep in env.deployments:
+                del self.deployments[dep.id]
+            del self.environments[env.id]
+
+    def delete_deployment(self, deployment_id: int) -> None:
+        """Delete a deployment (KeyError when it is not this project's). Refused like GitLab does
+        (ValueError): "Cannot destroy running deployment", and "Deployment currently deployed to
+        environment" for its environment's last (newest successful) deployment."""
+        with self._lock():
+            dep = self.deployments[deployment_id]
+            if dep.status == "running":
+                raise ValueError("Cannot destroy running deployment")
+            if dep.environment.last_deployment is dep:
+                raise ValueError("Deployment currently deployed to environment")
+            del self.deployments[deployment_id]
+
+    def _stop_environments_for_branch(self, branch: str) -> list[Environment]:
+        """Environments::StopService#execute_for_branch, run when a branch is deleted: every available
+        environment whose last successful deployment came from `branch` stops (no stop jobs are
+        modelled, so straight to stopped), unless its auto_stop_setting is "with_action"."""
+        stopped = []
+        now = _now_iso()
+        for env in self.environments.values():
+            last = env.last_deployment
+            if env.state == "available" and last is not None and last.ref == branch \
+                    and env.auto_stop_setting == "always":
+                env.state, env.auto_stop_at, env.updated_at = "stopped", None, now
+                stopped.append(env)
+        return stopped
 
     # -- registry -------------------------------------------------------------------
     def add_registry_repository(self, name: str = "") -> int:

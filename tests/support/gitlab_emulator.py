@@ -16,21 +16,27 @@ The state model (tests/support/emulator_state.py, re-exported here) has a light 
 merge requests with GitLab's merge methods (`Project.merge(iid, "merge"|"ff"|"squash"|"squash_ff")`)
 and pipelines (`Project.add_pipeline`), served as `GET /projects/:id/pipelines` (GitLab's
 PipelinesFinder filters and ordering), `GET /projects/:id/pipelines/:pipeline_id` and
-`GET /projects/:id/merge_requests/:iid/pipelines` (Ci::PipelinesForMergeRequestFinder).
+`GET /projects/:id/merge_requests/:iid/pipelines` (Ci::PipelinesForMergeRequestFinder); and
+environments and deployments (`Project.add_environment`, `Project.deploy`, ...), served as
+`GET /projects/:id/environments[/:environment_id]` and `GET /projects/:id/deployments[/:deployment_id]`
+(Environments::EnvironmentsFinder, DeploymentsFinder with GitLab's 400s for filters it refuses).
 
 Test controls: `requests`/`count()`/`reset_requests()` (log of served requests),
 `inject_fault()`/`clear_faults()` (500s, 429 + Retry-After, hangs, dropped connections), `reset()`.
 `include_reserved_refs_in_ref_filter` (default False) turns on GitLab 18's feature flag of that
 name: `?ref=<branch>` then also matches refs/merge-requests/<iid>/{head,merge,train} of merge
 requests from that branch (unless `source` excludes merge_request_event).
+`environment_search_api_min_chars` (default True, GitLab's feature flag of that name) refuses an
+environments `search` shorter than 3 characters.
 
 The emulator is split by what a reader looks for:
 
 - tests/support/emulator_state.py: the state model (projects, commit graph, merge requests,
-  pipelines, registry repositories, groups);
+  pipelines, environments and deployments, registry repositories, groups);
 - tests/support/emulator_http.py: the WSGI app, routing, auth, pagination, errors;
 - tests/support/emulator_projects.py, emulator_merge_requests.py, emulator_pipelines.py,
-  emulator_registry.py (with /jwt/auth) and emulator_hooks.py: the handlers of each API area;
+  emulator_deployments.py, emulator_registry.py (with /jwt/auth) and emulator_hooks.py: the
+  handlers of each API area;
 - this module: `GitLabEmulator` itself, assembled from those: its lifecycle, seeding, test
   controls and the route table (every endpoint it serves, in one place).
 """
@@ -45,6 +51,7 @@ from typing import Callable
 from werkzeug.serving import make_server
 
 from tests.support import faults
+from tests.support.emulator_deployments import DeploymentsApi
 from tests.support.emulator_hooks import HOOK_EVENT_DEFAULTS, HooksApi  # noqa: F401  (re-exported)
 from tests.support.emulator_http import ApiError, HttpCore, _QuietHandler  # noqa: F401  (ApiError: re-exported)
 from tests.support.emulator_merge_requests import MergeRequestsApi
@@ -52,15 +59,16 @@ from tests.support.emulator_pipelines import PipelinesApi
 from tests.support.emulator_projects import ProjectsApi
 from tests.support.emulator_registry import RegistryApi
 from tests.support.emulator_state import (  # noqa: F401  (re-exported: the seeding API lives there)
-    BLANK_SHA, CI_BRANCH_SOURCES, FINISHED_STATUSES, MERGE_METHODS, MR_REF, PIPELINE_SOURCES,
-    PIPELINE_STATUSES, ZERO_TIME, Group, MergeRequest, Pipeline, Project, RegistryRepository, _now,
-    _now_iso, iso, parse_time, random_sha,
+    BLANK_SHA, CI_BRANCH_SOURCES, DEPLOYMENT_FINISHED, DEPLOYMENT_HOOK_STATUSES, DEPLOYMENT_STATUSES,
+    ENVIRONMENT_STATES, ENVIRONMENT_TIERS, FINISHED_STATUSES, MERGE_METHODS, MR_REF, PIPELINE_SOURCES,
+    PIPELINE_STATUSES, ZERO_TIME, Deployment, Environment, Group, MergeRequest, Pipeline, Project,
+    RegistryRepository, _now, _now_iso, environment_slug, guess_tier, iso, parse_time, random_sha,
 )
 from tests.support.faults import Fault
 from tests.support.registry import RegistryClient, RegistryServer
 
 
-class GitLabEmulator(HttpCore, ProjectsApi, MergeRequestsApi, PipelinesApi, RegistryApi, HooksApi):
+class GitLabEmulator(HttpCore, ProjectsApi, MergeRequestsApi, PipelinesApi, DeploymentsApi, RegistryApi, HooksApi):
     """GitLab on a free loopback port: `start()`, seed it (`add_project`, `add_group`), point the
     code under test at `url` (or `api_url`) with `token`, and `stop()`."""
 
@@ -84,6 +92,7 @@ class GitLabEmulator(HttpCore, ProjectsApi, MergeRequestsApi, PipelinesApi, Regi
         # (source project id, source branch) -> merge requests whose commits come from that branch.
         self._derived_mrs: dict[tuple[int, str], list[MergeRequest]] = {}
         self.include_reserved_refs_in_ref_filter = False
+        self.environment_search_api_min_chars = True
         self._routes = self._build_routes()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -248,6 +257,10 @@ class GitLabEmulator(HttpCore, ProjectsApi, MergeRequestsApi, PipelinesApi, Regi
             ("GET", P + r"/merge_requests/(?P<iid>[^/]+)/pipelines", self.list_mr_pipelines),
             ("GET", P + r"/pipelines", self.list_pipelines),
             ("GET", P + r"/pipelines/(?P<pipeline_id>[^/]+)", self.get_pipeline),
+            ("GET", P + r"/environments", self.list_environments),
+            ("GET", P + r"/environments/(?P<environment_id>[^/]+)", self.get_environment),
+            ("GET", P + r"/deployments", self.list_deployments),
+            ("GET", P + r"/deployments/(?P<deployment_id>[^/]+)", self.get_deployment),
             ("GET", G, self.get_group),
             ("GET", G + r"/projects", self.list_group_projects),
             ("GET", G + r"/registry/repositories", self.list_group_registry_repositories),
