@@ -192,10 +192,10 @@ def test_deployment_hooks_only_add(gitlab, store, client):
     record = deployments.Record(store, project.id)
     shas = deployments.Protection(client, store, project.id, 3).load().in_use().shas
     assert str(shas[running.sha]) == f"in use by environment production (deployment #{running.id})"
-    assert {int(k) for k in store.hkeys(record.hints_key)} == {10**9, 10**9 + 2}  # GitLab's list carries it now
+    assert {int(k) for k in store.hkeys(record.part("hints"))} == {10**9, 10**9 + 2}  # GitLab's list carries it now
     # A hint for what the copy holds already writes nothing.
     deployments.remember(store, **hint, deployment_id=old.id, sha=old.sha, status="success")
-    assert {int(k) for k in store.hkeys(record.hints_key)} == {10**9, 10**9 + 2}
+    assert {int(k) for k in store.hkeys(record.part("hints"))} == {10**9, 10**9 + 2}
     # Hints fade: one older than HINT_TTL counts no more.
     assert set(record.hinted(["production"], now=time.time() + deployments.HINT_TTL + 1)) == set()
     record.drop()
@@ -237,10 +237,11 @@ def test_a_cleanups_cost_does_not_grow_with_the_environments(gitlab, gitlab_stac
 
 @pytest.fixture(scope="module", params=MODES)
 def service(request, redis_server, gitlab_stack, tmp_path_factory):
-    """gunicorn and a worker per deletion mode, re-checking kept tags every RECHECK seconds."""
+    """gunicorn and a worker per deletion mode, re-checking kept tags every RECHECK seconds (and no
+    scheduled sweep: only the re-checks release anything)."""
     emu = gitlab_stack.emulator
     svc = Service(tmp_path_factory.mktemp("deploy-service"), redis_server.url, emu.url, emu.token,
-                  IN_USE_RECHECK=str(RECHECK), **mode_env(request.param, gitlab_stack)).start()
+                  IN_USE_RECHECK=str(RECHECK), SWEEP_CRON="off", **mode_env(request.param, gitlab_stack)).start()
     yield svc
     svc.stop()
 
