@@ -202,10 +202,31 @@ def test_deployment_hooks_only_add(gitlab, store, client):
     assert not store.keys(f"tagsweeper:deployments:{project.id}:*")
 
 
-@pytest.mark.parametrize("environments", [5, 50])
+def test_odd_items_are_skipped_or_read_as_well_as_they_can_be(store):
+    """An item without an environment or a full SHA is skipped (and logged); one without any time
+    still counts; a status other than success keeps nothing."""
+    sha = "ab" * 20
+
+    class Listing:
+        def deployments_page(self, pid, params):
+            return [{"id": 1, "sha": sha, "ref": "main", "status": "success", "environment": {"name": "prod"}},
+                    {"id": 2, "sha": sha[:8], "status": "success", "environment": {"name": "prod"}},
+                    {"id": 3, "sha": sha, "status": "success"},
+                    {"id": 4, "sha": "cd" * 20, "status": "failed", "environment": {"name": "prod"},
+                     "updated_at": "2025-01-01T00:00:00Z"},
+                    {"id": True, "sha": sha}, "not an item"]
+
+    record = deployments.Record(store, next_project_id())
+    assert record.sync(Listing()) == 4
+    held, total = record.newest(["prod"], 3)["prod"]
+    assert [(d.id, d.sha, d.ref, d.finished) for d in held] == [(1, sha, "main", None)] and total == 1
+
+
+@pytest.mark.parametrize("environments", [0, 5, 50])
 def test_a_cleanups_cost_does_not_grow_with_the_environments(gitlab, gitlab_stack, redis_server, environments):
     """Two listings of the live environments and one page of deployments changed since the last
-    read, however many environments the project has (stopped ones are never listed)."""
+    read, however many environments the project has (stopped ones are never listed); no listing
+    at all in a project that never deployed."""
     project = gitlab.add_project(next_project_id(), "dep/cost")
     project.add_registry_repository("")
     for n in range(environments):
@@ -228,7 +249,7 @@ def test_a_cleanups_cost_does_not_grow_with_the_environments(gitlab, gitlab_stac
         gl.close()
         conn.close()
     assert report["summary"]["deleted"] == 3
-    assert gitlab.count("GET", rf"/projects/{project.id}/environments") == 2  # available, stopping
+    assert gitlab.count("GET", rf"/projects/{project.id}/environments") == (2 if environments else 0)
     assert gitlab.count("GET", rf"/projects/{project.id}/environments/") == 0  # never one by one
     assert gitlab.count("GET", rf"/projects/{project.id}/deployments") == 1
 

@@ -67,8 +67,8 @@ for i = 1, #ARGV, 6 do
     local newer = not current
     if current then
       local cid, cfinished = string.match(current, '^(%d+)\\t[^\\t]*\\t[^\\t]*\\t(.*)$')
-      local f, cf = tonumber(finished), tonumber(cfinished)
-      newer = (not cf) or f > cf or (f == cf and tonumber(id) > tonumber(cid))
+      local f, cf = tonumber(finished) or 0, tonumber(cfinished) or 0
+      newer = (not cid) or f > cf or (f == cf and tonumber(id) > tonumber(cid))
     end
     if newer then redis.call('HSET', last_key, env, member) end
     add_line(short_key, string.sub(sha, 1, 8), env)
@@ -171,6 +171,10 @@ class Record(timeline.Copy):
             out[name] = (sorted(found.values(), key=lambda d: d.id, reverse=True), int(total))
         return out
 
+    def anything(self) -> bool:
+        """Whether the copy holds any successful deployment, or any hint (one round trip)."""
+        return bool(self.conn.exists(self.part("envs"), self.part("hints")))
+
     def hinted(self, environments: Iterable[str], now: float | None = None) -> dict[str, list[rules.Deployment]]:
         """The successful deployments Deployment Hooks named in these environments, not yet in the copy."""
         now = time.time() if now is None else now
@@ -251,7 +255,9 @@ class Protection:
     def load(self) -> "Protection":
         """Sync the copy, list the live environments, read what they ran. Raises GitLabError."""
         self.read = self.record.sync(self.gitlab)
-        self.live = live_environments(self.gitlab, self.pid)
+        # A project that never deployed successfully (nor did a Deployment Hook say so) has nothing
+        # an environment could keep: its environments are not even listed.
+        self.live = live_environments(self.gitlab, self.pid) if self.record.anything() else {}
         self.held = self.record.newest(self.live, self.keep)
         hints = self.record.hinted(self.live)
         self.environments = [rules.Environment(name, state, tuple(self.held[name][0]) + tuple(hints.get(name, ())))
