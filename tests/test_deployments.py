@@ -28,6 +28,7 @@ from tests.support.modes import MODES, mode_env, settings_for
 from tests.support.service import Service
 from tests.support.story import Story, kept_because, next_project_id
 from workers import cleanup, deployments, sweep
+from workers.common import queue
 from workers.gitlab import GitLab, TransientError
 
 pytestmark = pytest.mark.e2e
@@ -252,6 +253,24 @@ def test_a_cleanups_cost_does_not_grow_with_the_environments(gitlab, gitlab_stac
     assert gitlab.count("GET", rf"/projects/{project.id}/environments") == (2 if environments else 0)
     assert gitlab.count("GET", rf"/projects/{project.id}/environments/") == 0  # never one by one
     assert gitlab.count("GET", rf"/projects/{project.id}/deployments") == 1
+
+
+def test_a_recheck_is_one_per_branch_and_interval_and_never_in_its_own_way(store):
+    """Cleanups of one branch asking within one IN_USE_RECHECK share a re-check; the re-check,
+    running when it is due, schedules the next under the next slot's id (its own is taken while
+    it runs)."""
+    assert queue.recheck_id(7, "feature/x", 7200.0, 3600) == queue.recheck_id(7, "feature/x", 10799.0, 3600)
+    assert queue.recheck_id(7, "feature/x", 7200.0, 3600) != queue.recheck_id(7, "feature/x", 10800.0, 3600)
+    assert queue.recheck_id(7, "feature/x", 7200.0, 3600) != queue.recheck_id(7, "feature/y", 7200.0, 3600)
+    assert queue.recheck_id(7, "feature/x", 7200.0, 3600).startswith("recheck-7-")
+    q = Queue(f"recheck-test-{next_project_id()}", connection=store)
+    kwargs = {"project_id": 7, "branch": "feature/x", "trigger": "merge", "mr_iid": 1}
+    first = queue.schedule_recheck(q, kwargs, project_id=7, interval=3600, retries=2, intervals=(5,))
+    again = queue.schedule_recheck(q, kwargs, project_id=7, interval=3600, retries=2, intervals=(5,))
+    assert first[0] == queue.ENQUEUED and again == (queue.DUPLICATE, first[1])
+    job = q.fetch_job(first[1])
+    assert job.func_name == queue.CLEANUP_BRANCH and job.kwargs == kwargs and job.retries_left == 2
+    assert ScheduledJobRegistry(queue=q).get_job_ids() == [first[1]]
 
 
 # --- the scenarios, end to end ---------------------------------------------------------------

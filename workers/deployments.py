@@ -123,11 +123,10 @@ class Record(timeline.Copy):
     needs = "a usable environment or sha"
     page = "deployments_page"
     script = _RECORD
-
     prefix = staticmethod(keys.deployments)
 
     # -- writing ----------------------------------------------------------------------------
-    def keys(self) -> list[str]:
+    def script_keys(self) -> list[str]:
         return [self.part(p) for p in ("env:", "last", "short", "envs", "hints")]
 
     def row(self, item: dict) -> list[str] | None:
@@ -269,9 +268,10 @@ class Protection:
 
     def confirm(self, shas: Iterable[str]) -> bool:
         """Ask GitLab for the newest successful deployments of every live environment a commit
-        among `shas` (full or short SHAs; or one sharing its short SHA) was deployed to beyond the newest the copy
-        holds: a deployment GitLab deleted must not hold the place of a real one. One request
-        per such environment, once. Returns whether anything was asked. Raises GitLabError."""
+        among `shas` (full or short SHAs; or one sharing its short SHA) was deployed to beyond
+        the newest the copy holds: a deployment GitLab deleted must not hold the place of a real
+        one. One request per such environment, once. Returns whether anything was asked. Raises
+        GitLabError."""
         prefixes = {s[:8] for s in shas if SHA_OR_SHORT.fullmatch(s)}
         ask: set[str] = set()
         for prefix, names in self.record.deployed_to(prefixes).items():

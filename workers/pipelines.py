@@ -57,7 +57,6 @@ class Record(timeline.Copy):
     needs = "a usable sha or ref"
     page = "pipelines_page"
     script = _RECORD
-
     prefix = staticmethod(keys.pipelines)
 
     def __init__(self, conn: redis.Redis, project_id: int):
@@ -67,7 +66,7 @@ class Record(timeline.Copy):
         self.ref_prefix = self.part("ref:")
 
     # -- writing ----------------------------------------------------------------------------
-    def keys(self) -> list[str]:
+    def script_keys(self) -> list[str]:
         return [self.sha_key, self.short_key, self.refs_key, self.first_key, self.ref_prefix]
 
     def row(self, item: dict) -> list[str] | None:

@@ -131,7 +131,7 @@ class Copy:
 
     A subclass names the list (`what`; `page`, the GitLab client's method for one page of it),
     turns each item into a row of strings (`row`; None for an item it cannot use, which is
-    logged as lacking `needs`), and writes a page's rows with one Lua `script` on its `keys()`."""
+    logged as lacking `needs`); a page's rows are written by one Lua `script` on `script_keys()`."""
 
     what = "item"
     needs = "usable fields"
@@ -150,7 +150,7 @@ class Copy:
         """The key of one part of the copy: `<prefix>:<name>`."""
         return f"{self.base}:{name}"
 
-    def keys(self) -> list[str]:
+    def script_keys(self) -> list[str]:
         raise NotImplementedError
 
     def row(self, item: dict) -> list[str] | None:
@@ -174,5 +174,5 @@ class Copy:
             else:
                 batch += row
         if batch:
-            keys = self.keys()
-            self.conn.eval(self.script, len(keys), *keys, *batch)
+            names = self.script_keys()
+            self.conn.eval(self.script, len(names), *names, *batch)
