@@ -50,6 +50,16 @@ IN_USE_CASES = [
         {}, {}, {S[7]},
         id="a-stopped-environment-keeps-nothing"),
     pytest.param(
+        [Environment("review/feature-x", "stopped", (dep(7, "feature/x"),), tier="development")], 3,
+        {}, {}, {S[7]},
+        id="a-stopped-development-environment-keeps-nothing"),
+    pytest.param(
+        [Environment("production", "stopped", (dep(7, "release/1"), dep(6, "release/1")), tier="production")], 3,
+        {S[7]: "in use by environment production (deployment #7)",
+         S[6]: "rollback target of production (2nd newest deployment)"},
+        {"release/1": "in use by environment production (deployment #7)"}, set(),
+        id="a-stopped-production-environment-still-counts"),
+    pytest.param(
         [Environment("review/feature-x", "stopping", (dep(7, "feature/x"),))], 3,
         {S[7]: "in use by environment review/feature-x (deployment #7)"},
         {"feature/x": "in use by environment review/feature-x"}, set(),

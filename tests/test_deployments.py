@@ -225,9 +225,9 @@ def test_odd_items_are_skipped_or_read_as_well_as_they_can_be(store):
 
 @pytest.mark.parametrize("environments", [0, 5, 50])
 def test_a_cleanups_cost_does_not_grow_with_the_environments(gitlab, gitlab_stack, redis_server, environments):
-    """Two listings of the live environments and one page of deployments changed since the last
-    read, however many environments the project has (stopped ones are never listed); no listing
-    at all in a project that never deployed."""
+    """Three listings of the environments (available, stopping, stopped) and one page of
+    deployments changed since the last read, however many environments the project has; no
+    listing at all in a project that never deployed."""
     project = gitlab.add_project(next_project_id(), "dep/cost")
     project.add_registry_repository("")
     for n in range(environments):
@@ -250,7 +250,7 @@ def test_a_cleanups_cost_does_not_grow_with_the_environments(gitlab, gitlab_stac
         gl.close()
         conn.close()
     assert report["summary"]["deleted"] == 3
-    assert gitlab.count("GET", rf"/projects/{project.id}/environments") == (2 if environments else 0)
+    assert gitlab.count("GET", rf"/projects/{project.id}/environments") == (3 if environments else 0)
     assert gitlab.count("GET", rf"/projects/{project.id}/environments/") == 0  # never one by one
     assert gitlab.count("GET", rf"/projects/{project.id}/deployments") == 1
 
@@ -370,15 +370,18 @@ def test_the_sweep_releases_what_a_stopped_review_app_ran(gitlab, gitlab_stack, 
     story.assert_gone_exactly({"feature-x", first, first[:8], second, second[:8], head, head[:8]})
 
 
-@pytest.mark.parametrize("copy", ["read before", "never read"])
-def test_a_deleted_release_branch_keeps_what_production_may_roll_back_to(gitlab, service, redis_server, copy):
+@pytest.mark.parametrize("copy, auto_stop", [("read before", "with_action"), ("never read", "always")])
+def test_a_deleted_release_branch_keeps_what_production_may_roll_back_to(gitlab, service, redis_server, copy,
+                                                                          auto_stop):
     """release/1 was deployed to production five times, then once more, failed; it is deleted.
     The three newest successful deployments' commits keep their tags, and the branch's slug, what
     production runs; the two older ones and the failed one's go. No Deployment Hook arrived; with
-    the copy of GitLab's deployments read before any of them, the cleanup reads what changed."""
+    the copy of GitLab's deployments read before any of them, the cleanup reads what changed.
+    With GitLab's default auto_stop_setting ("always"), deleting the branch of production's last
+    deployment stops production: its images stay all the same, until production is deleted."""
     story = Story(gitlab, service)
     p = story.project
-    p.add_environment("production", auto_stop_setting="with_action")
+    p.add_environment("production", tier="production", auto_stop_setting=auto_stop)
     p.deploy("production", ref="main", sha=p.branches["main"], at=T0)  # long ago
     if copy == "read before":
         gl = GitLab(gitlab.url, gitlab.token, timeout=10)
@@ -395,15 +398,17 @@ def test_a_deleted_release_branch_keeps_what_production_may_roll_back_to(gitlab,
     done = [p.deploy("production", ref="release/1", sha=made[n]) for n in range(5)]
     p.deploy("production", ref="release/1", sha=made[5], status="failed")
     report = story.deleted("release/1")
-    assert p.get_environment("production").state == "available"
+    assert p.get_environment("production").state == ("available" if auto_stop == "with_action" else "stopped")
     story.assert_gone_exactly({made[0], made[0][:8], made[1], made[1][:8], made[5], made[5][:8]})
     in_use = f"in use by environment production (deployment #{done[4].id})"
     assert kept_because(report, made[4]) == kept_because(report, "release-1") == in_use
     assert kept_because(report, made[3]) == "rollback target of production (2nd newest deployment)"
     assert kept_because(report, made[2][:8]) == "rollback target of production (3rd newest deployment)"
 
-    # Production stopped: the next re-check releases the rest.
-    p.stop_environment("production")
+    # Production deleted: the next re-check releases the rest.
+    if auto_stop == "with_action":
+        p.stop_environment("production")
+    p.delete_environment("production")
     wait_for("production's images to go", lambda: "release-1" not in gitlab.registry_client.tags(story.path),
              service=service)
     service.wait_idle()

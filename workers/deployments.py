@@ -7,8 +7,9 @@ environments and deployments, and its API decides when a cleanup or a sweep deci
 (`Protection.load`):
 
 - **which environments are live** is read fresh every time: `GET /projects/:id/environments`
-  with `states=available`, then `stopping` (a stopped environment keeps nothing). One listing
-  each, a page per 100 environments, never a request per environment;
+  with `states=available`, `stopping` and `stopped` (a stopped environment keeps nothing, unless
+  its tier is production: see rules.ALWAYS_LIVE_TIERS). One listing each, a page per 100
+  environments, never a request per environment;
 - **what they ran** comes from a copy of the project's successful deployments in Redis
   (`Record`), brought up to date first like the pipelines record: the first sync reads every
   deployment of the project, each later one only those updated since (workers/timeline.py:
@@ -223,15 +224,20 @@ def remember(conn: redis.Redis, *, project_id: int, environment: str, deployment
     Record(conn, project_id).hint(environment, deployment_id, sha)
 
 
-def live_environments(gitlab: GitLab, project_id: int) -> dict[str, str]:
-    """Every environment that is available or stopping now (name -> state), from GitLab's
-    environments list: one listing per state, never a request per environment."""
-    live: dict[str, str] = {}
-    for state in rules.LIVE_ENVIRONMENT_STATES:
+def live_environments(gitlab: GitLab, project_id: int) -> dict[str, tuple[str, str | None]]:
+    """Every environment whose deployments count now (name -> (state, tier)), from GitLab's
+    environments list: available and stopping ones, and stopped ones of a tier that stays live
+    (rules.ALWAYS_LIVE_TIERS). One listing per state, never a request per environment."""
+    live: dict[str, tuple[str, str | None]] = {}
+    for state in (*rules.LIVE_ENVIRONMENT_STATES, "stopped"):
         for item in gitlab.environments(project_id, state):
             name = item.get("name") if isinstance(item, dict) else None
-            if isinstance(name, str) and name:
-                live.setdefault(name, str(item.get("state") or state))
+            tier = item.get("tier") if isinstance(item, dict) and isinstance(item.get("tier"), str) else None
+            if not isinstance(name, str) or not name:
+                continue
+            env = rules.Environment(name, str(item.get("state") or state), tier=tier)
+            if env.live:
+                live.setdefault(name, (env.state, tier))
     return live
 
 
@@ -244,7 +250,7 @@ class Protection:
             raise ValueError("keep must be at least 1")
         self.gitlab, self.pid, self.keep = gitlab, int(project_id), keep
         self.record = Record(conn, project_id)
-        self.live: dict[str, str] = {}
+        self.live: dict[str, tuple[str, str | None]] = {}
         self.environments: list[rules.Environment] = []
         self.held: dict[str, tuple[list[rules.Deployment], int]] = {}
         self.asked: set[str] = set()  # environments whose newest GitLab was asked for
@@ -259,8 +265,9 @@ class Protection:
         self.live = live_environments(self.gitlab, self.pid) if self.record.anything() else {}
         self.held = self.record.newest(self.live, self.keep)
         hints = self.record.hinted(self.live)
-        self.environments = [rules.Environment(name, state, tuple(self.held[name][0]) + tuple(hints.get(name, ())))
-                             for name, state in sorted(self.live.items())]
+        self.environments = [rules.Environment(name, state, tuple(self.held[name][0]) + tuple(hints.get(name, ())),
+                                               tier=tier)
+                             for name, (state, tier) in sorted(self.live.items())]
         return self
 
     def in_use(self, merge_requests: dict[int, rules.MergeRequest] | None = None) -> rules.InUse:
@@ -288,5 +295,6 @@ class Protection:
                 "per_page": self.keep, "page": 1})
             found = tuple(d for env, d in filter(None, map(from_api, items)) if env == name)
             # What GitLab answered stands next to what the copy holds: either keeps (rules.in_use).
-            self.environments.append(rules.Environment(name, self.live[name], found))
+            state, tier = self.live[name]
+            self.environments.append(rules.Environment(name, state, found, tier=tier))
         return bool(ask)

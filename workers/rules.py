@@ -249,7 +249,11 @@ def label_is_live(label: str, live_branches: Iterable[str], tag_refs: Iterable[s
 
 # --- Deployments: what live environments run, or may roll back to --------------------------------
 
-LIVE_ENVIRONMENT_STATES = ("available", "stopping")  # a stopped environment keeps nothing
+LIVE_ENVIRONMENT_STATES = ("available", "stopping")  # a stopped environment keeps nothing...
+# ...unless it is a production one. GitLab stops every environment whose last deployment came
+# from a branch when that branch is deleted (auto_stop_setting "always", its default), stop job
+# or not: "stopped" then says nothing of what production still runs. Deleting it releases it.
+ALWAYS_LIVE_TIERS = ("production",)
 DEPLOYED_STATUS = "success"  # failed, canceled, running, created, blocked deployments run nothing
 
 
@@ -276,6 +280,12 @@ class Environment:
     name: str
     state: str
     deployments: tuple[Deployment, ...] = ()
+    tier: str | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether what it ran counts: available or stopping, or a production environment in any state."""
+        return self.state in LIVE_ENVIRONMENT_STATES or self.tier in ALWAYS_LIVE_TIERS
 
 
 @dataclass(frozen=True)
@@ -327,7 +337,7 @@ def in_use(environments: Iterable[Environment], keep: int,
             found[key] = why
 
     for env in sorted(environments, key=lambda e: e.name):
-        if env.state not in LIVE_ENVIRONMENT_STATES:
+        if not env.live:
             continue
         done = {d.id: d for d in env.deployments if d.status == DEPLOYED_STATUS and is_sha(d.sha) and not d.hinted}
         listed = sorted(done.values(), key=lambda d: d.id, reverse=True)
