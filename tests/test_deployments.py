@@ -25,6 +25,7 @@ from rq import Queue
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry
 
 from tests.support.modes import MODES, mode_env, settings_for
+from tests.support.payloads import deployment_hook_body
 from tests.support.service import Service
 from tests.support.story import Story, kept_because, next_project_id
 from workers import cleanup, deployments, sweep
@@ -437,3 +438,27 @@ def test_a_fast_forward_merge_deployed_from_main_keeps_its_images(gitlab, servic
     story.assert_gone_exactly({"feature-x", first, first[:8]})
     assert "main" in kept_because(report, head)
     service.wait_idle()
+
+
+def test_a_deployment_hook_keeps_what_gitlabs_list_does_not_show_yet(gitlab, service):
+    """A Deployment Hook (through the web side, an RQ job) says the review app now runs the second
+    commit, deployment #990001, which GitLab's deployments list does not show yet: the hint keeps
+    that commit while the environment is live, next to what the API says; once the environment is
+    stopped, the hint keeps nothing and everything of the branch goes."""
+    story, (first, second, head), review = review_app_story(gitlab, service)
+    body = deployment_hook_body(story.project, review)
+    body.update(deployment_id=990001, short_sha=second[:8],
+                commit_url=body["commit_url"].rsplit("/", 1)[0] + "/" + second)
+    response = service.post(body, "Deployment Hook", key="deployment-hint")
+    assert response.status_code == 202, response.text
+    assert service.wait_for_job(response.json()["job_id"]).get_status() == "finished"
+    report = story.merged(1)
+    story.assert_gone_exactly({first, first[:8]})
+    assert "review/feature-x" in kept_because(report, second)
+    assert "review/feature-x" in kept_because(report, head)
+
+    story.project.stop_environment("review/feature-x")
+    reg = gitlab.registry_client
+    wait_for("the review app's images to go", lambda: second not in reg.tags(story.path), service=service)
+    service.wait_idle()
+    story.assert_gone_exactly({"feature-x", first, first[:8], second, second[:8], head, head[:8]})
