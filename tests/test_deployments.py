@@ -281,6 +281,7 @@ def service(request, redis_server, gitlab_stack, tmp_path_factory):
     """gunicorn and a worker per deletion mode, re-checking kept tags every RECHECK seconds (and no
     scheduled sweep: only the re-checks release anything)."""
     emu = gitlab_stack.emulator
+    redis.Redis.from_url(redis_server.url).flushdb()  # earlier modules' jobs are not this service's
     svc = Service(tmp_path_factory.mktemp("deploy-service"), redis_server.url, emu.url, emu.token,
                   IN_USE_RECHECK=str(RECHECK), SWEEP_CRON="off", **mode_env(request.param, gitlab_stack)).start()
     yield svc
