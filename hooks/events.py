@@ -2,7 +2,7 @@
 
 `parse_delivery(headers, body, secrets)` checks one delivery (size, token, signature
 when signing keys are given, JSON depth and syntax, event, allowed project) and returns
-what it asks for: a `Cleanup`, a `RecordPipeline` or an `Ignore`. Anything
+what it asks for: a `Cleanup`, a `RecordPipeline`, a `RecordDeployment` or an `Ignore`. Anything
 wrong raises a `DeliveryError` whose `status` and `message` are safe to send back: no
 message ever quotes the token or a value from the body beyond short, harmless labels.
 Only plain values leave this module; the worker looks again at GitLab before acting.
@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Union
 
 from hooks import signing
 from workers.common.allowlist import AllowList
-from workers.common.queue import CLEANUP_BRANCH, RECORD_PIPELINE
+from workers.common.queue import CLEANUP_BRANCH, RECORD_DEPLOYMENT, RECORD_PIPELINE
 
 ZERO_SHA = "0" * 40
 BRANCH_PREFIX = "refs/heads/"
@@ -176,6 +176,46 @@ class RecordPipeline:
 
 
 @dataclass(frozen=True)
+class RecordDeployment:
+    """Remember that a deployment to `environment` succeeded with `sha` (job `workers.jobs.record_deployment`).
+
+    A hint: GitLab's deployments API decides at cleanup time; this can only add protection
+    for the moments before the API lists the deployment."""
+
+    project_id: int
+    deployment_id: int
+    environment: str
+    sha: str
+    status: str
+    delivery: str | None = None
+
+    name = "record_deployment"
+    func = RECORD_DEPLOYMENT
+    trigger = "deployment"
+
+    def job_kwargs(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "deployment_id": self.deployment_id,
+            "environment": self.environment,
+            "sha": self.sha,
+            "status": self.status,
+            "delivery": self.delivery,
+        }
+
+    def job_id(self) -> str:
+        # A re-sent delivery, or a project and a group hook for the same change: one job.
+        return f"deployment-{self.project_id}-{self.deployment_id}-{self.status}"
+
+    def describe(self) -> str:
+        return (f"record deployment {self.deployment_id} of project {self.project_id} to "
+                f"{self.environment} at {self.sha[:8]} ({self.status})")
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"project_id": self.project_id, "environment": self.environment}
+
+
+@dataclass(frozen=True)
 class Ignore:
     """An authentic, well-formed delivery that needs nothing."""
 
@@ -188,7 +228,7 @@ class Ignore:
         return dict(self.fields)
 
 
-Decision = Union[Cleanup, RecordPipeline, Ignore]
+Decision = Union[Cleanup, RecordPipeline, RecordDeployment, Ignore]
 
 
 # --- the delivery -------------------------------------------------------------------
@@ -430,10 +470,42 @@ def pipeline_decision(payload: Mapping[str, Any], delivery: str | None) -> Decis
     )
 
 
+# Deployment statuses GitLab sends a hook for; only a success can keep an image.
+DEPLOYMENT_STATUSES = frozenset({"created", "running", "success", "failed", "canceled", "blocked"})
+_COMMIT_URL_SHA = re.compile(r"/commit/([0-9a-fA-F]{40})/?$")
+
+
+def deployment_decision(payload: Mapping[str, Any], delivery: str | None) -> Decision:
+    """A successful deployment is remembered; the other statuses need nothing.
+
+    The hook carries no `ref` and no SHA field of its own: the full SHA is the end of
+    `commit_url`, and it must agree with `short_sha`."""
+    status = _str(payload, "status", "status")
+    if status not in DEPLOYMENT_STATUSES:
+        raise BadRequest(f"status is not a deployment status GitLab sends: {_label(status)}")
+    project = _object(payload, "project")
+    project_id = _positive_int(project, "id", "project.id")
+    if status != "success":
+        return Ignore(f"deployment {status}: only a successful deployment keeps an image",
+                      {"project_id": project_id})
+    deployment_id = _positive_int(payload, "deployment_id", "deployment_id")
+    environment = _name(payload, "environment", "environment")
+    found = _COMMIT_URL_SHA.search(_str(payload, "commit_url", "commit_url"))
+    if found is None:
+        raise BadRequest("commit_url does not end in a 40-character hex commit SHA")
+    sha = found.group(1).lower()
+    short = payload.get("short_sha")
+    if not isinstance(short, str) or not short or not sha.startswith(short.lower()):
+        raise BadRequest("short_sha is missing or does not match the SHA at the end of commit_url")
+    return RecordDeployment(project_id=project_id, deployment_id=deployment_id, environment=environment,
+                            sha=sha, status=status, delivery=delivery)
+
+
 _HANDLERS = {
     "Merge Request Hook": merge_request_decision,
     "Push Hook": push_decision,
     "Pipeline Hook": pipeline_decision,
+    "Deployment Hook": deployment_decision,
 }
 
 
@@ -452,7 +524,7 @@ def check_allowed(decision: Decision, payload: Mapping[str, Any], allowed: Allow
                 target_path = _nested(payload, "project", "path_with_namespace")
             projects = [("source project", decision.project_id, decision.project_path),
                         ("target project", decision.target_project_id, target_path)]
-    elif isinstance(decision, RecordPipeline):
+    elif isinstance(decision, (RecordPipeline, RecordDeployment)):
         projects = [("project", decision.project_id, _nested(payload, "project", "path_with_namespace"))]
     else:
         return decision

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue
 
-from hooks.events import Cleanup, RecordPipeline
+from hooks.events import Cleanup, RecordDeployment, RecordPipeline
 from workers.common import metrics, queue
 
 EXTENSION = "tagsweeper.intake"
@@ -59,7 +59,7 @@ class Intake:
         self.connection = redis.Redis(connection_pool=pool)
         self.queue = Queue(queue_name, connection=self.connection)
 
-    def submit(self, decision: Cleanup | RecordPipeline, event: str | None = None) -> Receipt:
+    def submit(self, decision: Cleanup | RecordPipeline | RecordDeployment, event: str | None = None) -> Receipt:
         """Enqueue the decision's job unless its id is a job already; counts the delivery too."""
         job_id = decision.job_id()
         cleanup = isinstance(decision, Cleanup)
@@ -72,7 +72,7 @@ class Intake:
         try:
             status = queue.enqueue(
                 self.queue, decision.func, job_id, kwargs=decision.job_kwargs(),
-                options=self.cleanup_options if cleanup else queue.PIPELINE, description=decision.describe(),
+                options=self.cleanup_options if cleanup else _HINT_OPTIONS[decision.name], description=decision.describe(),
                 meta={"delivery": decision.delivery, "trigger": decision.trigger}, then=count)
         except redis.RedisError as exc:
             raise QueueUnavailable(self.describe_error(exc)) from None
@@ -87,6 +87,10 @@ class Intake:
     def describe_error(self, exc: BaseException) -> str:
         """A Redis error for a person, with any password from REDIS_URL blanked out."""
         return redact(f"queue unavailable (Redis): {type(exc).__name__}: {exc}", self._redacted)
+
+
+# The jobs that record a hint (a pipeline, a deployment): short-lived, retried briefly.
+_HINT_OPTIONS = {"record_pipeline": queue.PIPELINE, "record_deployment": queue.DEPLOYMENT}
 
 
 # Label strings of the delivery counters; their values come from small fixed sets.

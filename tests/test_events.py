@@ -9,7 +9,7 @@ import re
 import pytest
 
 from hooks import events
-from hooks.events import BadRequest, Cleanup, Ignore, RecordPipeline, TooLarge, Unauthorized
+from hooks.events import BadRequest, Cleanup, Ignore, RecordDeployment, RecordPipeline, TooLarge, Unauthorized
 from tests.support.payloads import PAYLOADS, load_payload as load
 
 
@@ -27,6 +27,7 @@ EVENT_OF = {
     "push_branch_deleted.json": "Push Hook",
     "pipeline_main.json": "Pipeline Hook",
     "pipeline_merge_request.json": "Pipeline Hook",
+    "deployment_success.json": "Deployment Hook",
 }
 
 
@@ -120,6 +121,13 @@ EXAMPLES = [
             "pipeline_id": 90211,
             "delivery": KEY,
         },
+    ),
+    (
+        "deployment_success.json",
+        RecordDeployment,
+        "workers.jobs.record_deployment",
+        {"project_id": 4711, "deployment_id": 812, "environment": "review/feature-checkout-flow", "sha": TIP,
+         "status": "success", "delivery": KEY},
     ),
 ]
 
@@ -367,6 +375,58 @@ def test_pipeline_with_bad_fields_is_a_bad_request(edit, message):
     with pytest.raises(BadRequest) as err:
         deliver(payload, "Pipeline Hook")
     assert message in err.value.message
+
+
+# --- deployments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["created", "running", "failed", "canceled", "blocked"])
+def test_a_deployment_that_did_not_succeed_keeps_nothing_and_needs_nothing(status):
+    decision = deliver(changed("deployment_success.json", ("status", status)), "Deployment Hook")
+    assert type(decision) is Ignore and status in decision.reason
+
+
+def test_a_re_sent_deployment_hook_is_one_job_and_another_status_another():
+    first = deliver("deployment_success.json")
+    assert first.job_id() == deliver("deployment_success.json").job_id() == "deployment-4711-812-success"
+    assert JOB_ID_RE.fullmatch(first.job_id())
+    other = deliver(changed("deployment_success.json", ("deployment_id", 813)), "Deployment Hook")
+    assert other.job_id() != first.job_id()
+
+
+def test_the_sha_comes_from_the_end_of_commit_url():
+    upper = changed("deployment_success.json", ("commit_url", "https://gitlab.example.com/acme/shop/-/commit/" + TIP.upper()))
+    assert deliver(upper, "Deployment Hook").sha == TIP
+
+
+BAD_DEPLOYMENTS = [
+    (("status", DELETE), "status is missing or not a string"),
+    (("status", "deployed"), "status is not a deployment status GitLab sends"),
+    (("commit_url", DELETE), "commit_url is missing or not a string"),
+    (("commit_url", "https://gitlab.example.com/acme/shop/-/commit/5f1c0e6a"), "commit_url does not end in a 40"),
+    (("short_sha", "0000beef"), "short_sha is missing or does not match"),
+    (("short_sha", DELETE), "short_sha is missing or does not match"),
+    (("deployment_id", "812"), "deployment_id is missing or not an integer"),
+    (("environment", DELETE), "environment is missing or not a string"),
+    (("project.id", DELETE), "project.id is missing or not an integer"),
+    (("object_kind", "pipeline"), "object_kind does not match X-Gitlab-Event"),
+]
+
+
+@pytest.mark.parametrize("edit, message", BAD_DEPLOYMENTS, ids=[f"{e[0]}={e[1]!r}"[:60] for e, _ in BAD_DEPLOYMENTS])
+def test_deployment_with_bad_fields_is_a_bad_request(edit, message):
+    payload = changed("deployment_success.json", edit)
+    with pytest.raises(BadRequest) as err:
+        deliver(payload, "Deployment Hook")
+    assert message in err.value.message
+
+
+def test_a_deployment_of_a_project_outside_allowed_projects_is_ignored():
+    from workers.common.allowlist import parse
+
+    payload = json.dumps(load("deployment_success.json")).encode()
+    decision = events.parse_delivery(headers("Deployment Hook"), payload, SECRETS, allowed=parse("other/project"))
+    assert type(decision) is Ignore and "ALLOWED_PROJECTS" in decision.reason
 
 
 # --- other events ----------------------------------------------------------------------

@@ -174,6 +174,26 @@ def test_pipeline_is_recorded_at_once_and_status_changes_collapse(client, conn):
     assert queue.count == 1
 
 
+def test_a_successful_deployment_is_recorded_at_once_and_a_failed_one_ignored(client, conn):
+    resp = post(client, "deployment_success.json", "Deployment Hook")
+    assert resp.status_code == 202, resp.json
+    assert resp.json["action"] == "record_deployment"
+    job = Job.fetch(resp.json["job_id"], connection=conn)
+    assert Queue(QUEUE, connection=conn).job_ids == [job.id]  # no delay: a hint is wanted at once
+    assert job.func_name == "workers.jobs.record_deployment"
+    assert job.kwargs == {"project_id": 4711, "deployment_id": 812, "environment": "review/feature-checkout-flow",
+                          "sha": TIP, "status": "success", "delivery": KEY}
+    assert job.meta == {"delivery": KEY, "trigger": "deployment"}
+    again = post(client, "deployment_success.json", "Deployment Hook", **{"Idempotency-Key": "k2"})
+    assert again.json == {"status": "duplicate", "job_id": job.id}
+
+    payload = json.loads(body_of("deployment_success.json"))
+    payload["status"] = "failed"
+    failed = client.post("/hooks/gitlab", json=payload, headers=headers("Deployment Hook", **{"Idempotency-Key": "k3"}))
+    assert failed.status_code == 200 and failed.json["status"] == "ignored"
+    assert job_ids(conn) == [job.id]
+
+
 def test_chunked_body_without_content_length_is_read(client, conn):
     body = body_of("merge_request_merge.json")
     resp = client.post("/hooks/gitlab", input_stream=io.BytesIO(body), headers=headers(),

@@ -13,7 +13,7 @@ from typing import Iterator
 import redis
 from rq import get_current_job
 
-from workers import cleanup, history, rules, sweep
+from workers import cleanup, deployments, history, rules, sweep
 from workers.common import errors, metrics
 from workers.common.settings import ConfigError, Settings
 from workers.gitlab import GitLab
@@ -57,6 +57,25 @@ def record_pipeline(*, project_id: int, ref: str, sha: str, tag: bool = False,
     finally:
         conn.close()
     return {"project_id": project_id, "ref": ref, "sha": sha, "tag": bool(tag), "pipeline_id": pipeline_id}
+
+
+@metrics.observed("record_deployment")
+def record_deployment(*, project_id: int, deployment_id: int, environment: str, sha: str,
+                      status: str = "success", delivery: str | None = None) -> dict:
+    """Remember a Deployment Hook's successful deployment: a hint that only adds protection."""
+    settings = Settings.from_env()
+    if not rules.is_sha(sha):
+        raise ValueError(f"sha must be 40 lower-case hex characters, got {sha!r}")
+    rules.check_branch_name(environment)  # an environment name is bounded like a ref name
+    conn = redis.Redis.from_url(settings.redis_url)
+    try:
+        sweep.remember_project(conn, int(project_id))
+        deployments.remember(conn, project_id=int(project_id), environment=environment,
+                             deployment_id=int(deployment_id), sha=sha, status=status)
+    finally:
+        conn.close()
+    return {"project_id": project_id, "deployment_id": deployment_id, "environment": environment,
+            "sha": sha, "status": status}
 
 
 @metrics.observed("sweep_project", {cleanup.CleanupIncomplete: "incomplete"})

@@ -30,6 +30,7 @@ log = logging.getLogger("tagsweeper.queue")
 
 CLEANUP_BRANCH = "workers.jobs.cleanup_branch"
 RECORD_PIPELINE = "workers.jobs.record_pipeline"
+RECORD_DEPLOYMENT = "workers.jobs.record_deployment"
 SWEEP_PROJECT = "workers.jobs.sweep_project"
 
 DAY = 86400
@@ -55,6 +56,7 @@ class Options:
 
 
 PIPELINE = Options(result_ttl=PIPELINE_RESULT_TTL, retry=PIPELINE_RETRY)
+DEPLOYMENT = PIPELINE  # a hint, as a pipeline's: kept an hour against re-sends, retried briefly
 
 
 def cleanup_options(delay: int, retries: int, intervals: Sequence[int]) -> Options:
