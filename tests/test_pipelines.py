@@ -12,7 +12,8 @@ import datetime as dt
 import pytest
 
 from tests.support.gitlab_emulator import random_sha
-from workers import pipelines
+from workers import pipelines, timeline
+from workers.common import keys
 from workers.gitlab import GitLab, TransientError
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +120,7 @@ def test_drop_forgets_the_project_and_the_next_sync_reads_it_all_again(gitlab, c
     record.sync(client)
     record.drop()
     assert record.refs_of([made[0].sha]) == {}
-    assert not any(k.startswith(f"{pipelines.PREFIX}:7106:".encode()) for k in conn.keys("*"))
+    assert not any(k.startswith(f"{keys.pipelines(7106)}:".encode()) for k in conn.keys("*"))
     assert record.sync(client) == 12
 
 
@@ -132,12 +133,12 @@ def test_drop_forgets_the_project_and_the_next_sync_reads_it_all_again(gitlab, c
     (None, None),
 ])
 def test_parse_time(text, seconds):
-    assert pipelines.parse_time(text) == seconds
+    assert timeline.parse_time(text) == seconds
 
 
 def test_format_time_is_what_gitlab_parses():
-    assert pipelines.format_time(1704067200.25) == "2024-01-01T00:00:00.250Z"
-    assert pipelines.parse_time(pipelines.format_time(1704067200.25)) == 1704067200.25
+    assert timeline.format_time(1704067200.25) == "2024-01-01T00:00:00.250Z"
+    assert timeline.parse_time(timeline.format_time(1704067200.25)) == 1704067200.25
 
 
 def test_a_ref_whose_first_pipeline_was_deleted_is_told_by_another(gitlab, conn, client):

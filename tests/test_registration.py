@@ -20,9 +20,9 @@ from workers.gitlab import GitLab
 SECRET = "s3cr3t-hook-token-7f1c"
 NEXT_SECRET = "next-secret-42"  # a second value (rotation): never the one registered
 URL = "https://tagsweeper.example.com/hooks/gitlab"
-EVENTS = {"merge_requests_events": True, "push_events": True, "pipeline_events": True}
+EVENTS = {"merge_requests_events": True, "push_events": True, "pipeline_events": True, "deployment_events": True}
 DEFAULT_OFF = ("issues_events", "tag_push_events", "note_events", "job_events", "wiki_page_events",
-               "deployment_events", "releases_events", "confidential_issues_events")
+               "releases_events", "confidential_issues_events")
 
 
 def run_cli(gitlab, *args, token=None, secret=f"{SECRET}, {NEXT_SECRET}"):
@@ -122,7 +122,7 @@ def test_update_restores_token_events_and_url(gitlab, shop, client):
     line = out.stdout.splitlines()[0]
     assert line.startswith(f"updated hook {made['id']} on project acme/shop: url ")
     for change in ("merge_requests_events false -> true", "pipeline_events false -> true",
-                   "push_events_branch_filter 'main' -> ''", "token re-sent"):
+                   "deployment_events false -> true", "push_events_branch_filter 'main' -> ''", "token re-sent"):
         assert change in line
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import deletion, history, locks, pipelines, rules
+from workers import deletion, deployments, history, locks, pipelines, rules
 from workers.common import audit, metrics
 from workers.common.settings import Settings
 from workers.gitlab import GitLab, NotFound
@@ -145,6 +145,13 @@ def _run_locked(ctx: Context, request: Request, report: Report, trail) -> dict:
     return result
 
 
+def held_by_environments(report: dict) -> bool:
+    """Whether a cleanup that deleted for real kept tags only because live environments used
+    them (rules.DEPLOYMENT_CODES): it is worth running again once they are stopped."""
+    return not report.get("dry_run") and not report.get("skipped") and any(
+        d["decision"] == "kept" and d.get("code") in rules.DEPLOYMENT_CODES for d in report.get("decisions", ()))
+
+
 def raise_if_incomplete(report: Report, result: dict, retried: str) -> None:
     """Raise CleanupIncomplete, with the report, when some deletions failed (`retried` finishes them)."""
     failures = report.failures()
@@ -189,7 +196,9 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
 
     Which commits the branch built, and which other refs built them, come from GitLab's
     pipelines (`pipelines.Record`, brought up to date first), not from the Pipeline Hooks that
-    happened to arrive; those only add candidates and protection, never take any away."""
+    happened to arrive; those only add candidates and protection, never take any away. What
+    live environments run or may roll back to comes from GitLab's environments and deployments
+    (`deployments.Protection`) the same way."""
     gl, pid, branch = ctx.gitlab, ctx.pid, request.branch
     record = pipelines.Record(ctx.conn, pid)
     record.sync(gl)
@@ -275,9 +284,14 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
         live = frozenset(l for l in found if l != own and rules.label_is_live(l, alive, tag_refs))
         if live:
             other_refs[sha] = live
+    # What live environments run or may roll back to: GitLab's deployments, asked again for an
+    # environment where one of these commits was deployed beyond the newest the copy holds.
+    protection = deployments.Protection(gl, ctx.conn, pid, ctx.settings.keep_deployments).load()
+    protection.confirm(asked)
+    in_use = protection.in_use(mrs)
     return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
                        live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
-                       other_refs=other_refs,
+                       other_refs=other_refs, deployed_shas=in_use.shas, deployed_refs=in_use.refs,
                        open_sources={name: Reason(Code.OPEN_MR_SOURCE,
                                                   f"tag of the source branch {name!r} of an open merge request")
                                      for name in sorted(open_sources - set(live_branches))})

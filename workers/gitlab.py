@@ -168,6 +168,16 @@ class GitLab(Client):
         """One pipeline, with the fields the list leaves out (`tag`, `before_sha`)."""
         return self.get(f"/projects/{encode(project)}/pipelines/{int(pipeline_id)}")
 
+    def environments(self, project: int | str, state: str) -> Iterator[dict]:
+        """The project's environments in one state (`available`, `stopping` or `stopped`). GitLab's
+        list leaves each environment's `last_deployment` out."""
+        return self.paginate(f"/projects/{encode(project)}/environments", {"states": state})
+
+    def deployments_page(self, project: int | str, params: dict) -> list[dict]:
+        """One page of `GET /projects/:id/deployments` with GitLab's filters (`environment`, `status`,
+        `updated_after`, `order_by`, ...)."""
+        return self.page(f"/projects/{encode(project)}/deployments", params)
+
     def merge_requests_by_iid(self, project: int | str, iids: list[int]) -> Iterator[dict]:
         """The merge requests with these iids (`iids[]`), up to 100 per request."""
         iids = sorted({int(i) for i in iids})

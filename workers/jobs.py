@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import redis
-from rq import get_current_job
+from rq import Queue, get_current_job
 
 from workers import cleanup, deployments, history, rules, sweep
-from workers.common import errors, metrics
+from workers.common import errors, metrics, queue
 from workers.common.settings import ConfigError, Settings
 from workers.gitlab import GitLab
 
@@ -28,6 +28,7 @@ def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: li
                    default_branch: str | None = None, delivery: str | None = None,
                    dry_run: bool | None = None, force: bool = False) -> dict:
     """Delete the tags `branch` owns in every registry repository of the project."""
+    arguments = dict(locals())  # this job's keyword arguments, as a re-check repeats them
     settings = Settings.from_env()
     request = cleanup.Request(
         project_id=project_id, branch=branch, trigger=trigger, shas=tuple(shas or ()),
@@ -38,7 +39,29 @@ def cleanup_branch(*, project_id: int | str, branch: str, trigger: str, shas: li
             sweep.remember_project(conn, project_id)  # the scheduled sweep covers it from now on
             report = cleanup.run(request, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
             _keep_report(None)  # a replay that succeeds replaces an earlier run's partial report
+            if settings.in_use_recheck and cleanup.held_by_environments(report):
+                _recheck(conn, settings, report, arguments)
             return report
+
+
+def _recheck(conn: redis.Redis, settings: Settings, report: dict, kwargs: dict) -> None:
+    """Run this cleanup again IN_USE_RECHECK seconds from now: live environments kept some of its
+    tags, and once they are stopped those go (each re-check that still finds them in use does the
+    same). Repeated cleanups of the branch share one re-check. A failure to schedule it is logged:
+    the scheduled sweep releases the tags at the latest."""
+    fields = {"project_id": report["project_id"], "branch": kwargs["branch"], "in": settings.in_use_recheck}
+    try:
+        status, job_id = queue.schedule_recheck(
+            Queue(settings.queue, connection=conn), kwargs, project_id=report["project_id"],
+            interval=settings.in_use_recheck, retries=settings.cleanup_retries,
+            intervals=settings.cleanup_retry_intervals,
+            description=f"re-check of the cleanup of {report.get('project') or report['project_id']} branch "
+                        f"{kwargs['branch']}: tags in use by environments")
+    except redis.RedisError as exc:
+        log.warning("re-check not scheduled", extra={**fields, "error": type(exc).__name__})
+        return
+    log.info("re-check scheduled" if status == queue.ENQUEUED else "re-check already scheduled",
+             extra={**fields, "job_id": job_id})
 
 
 @metrics.observed("record_pipeline")

@@ -11,7 +11,8 @@ first), each later one only the pipelines updated since the previous read, less 
 for rows GitLab's database made visible late. A pipeline's ref and SHA never change, so
 reading a pipeline twice is harmless and a sync that fails half-way is simply repeated.
 The cursor only moves when a sync finished, and the data has no expiry of its own, so the
-copy is never silently partial: `drop` forgets a project as a whole.
+copy is never silently partial: `drop` forgets a project as a whole. How the list is paged
+(by time, never by offset) is workers/timeline.py's, shared with GitLab's deployments.
 
 Refs are kept exactly as GitLab lists them: a branch or git tag name, or
 `refs/merge-requests/<iid>/head` (`/merge`, `/train`) for merge-request pipelines.
@@ -20,19 +21,15 @@ Refs are kept exactly as GitLab lists them: a branch or git tag name, or
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 import redis
 
-from workers import rules
+from workers import rules, timeline
 from workers.common import keys
 from workers.gitlab import GitLab, NotFound
 
 log = logging.getLogger("tagsweeper.pipelines")
-
-OVERLAP = 600  # seconds of pipelines read again at every sync: rows committed late still show up
-PAGE = 100
 
 # One page of pipelines in one round trip: per SHA the refs that built it, per ref the SHAs
 # (scored by the newest pipeline id), per short SHA the full ones, the first pipeline of each
@@ -65,34 +62,6 @@ end
 return 1
 """
 
-# The cursor only moves forward, whichever of two concurrent syncs finishes last.
-_ADVANCE = """
-local old = tonumber(redis.call('HGET', KEYS[1], 'cursor'))
-local new = tonumber(ARGV[1])
-if new and (not old or new > old) then redis.call('HSET', KEYS[1], 'cursor', ARGV[1]) end
-redis.call('HSET', KEYS[1], 'complete', '1')
-redis.call('HINCRBY', KEYS[1], 'read', ARGV[2])
-return 1
-"""
-
-
-def parse_time(value: object) -> float | None:
-    """GitLab's ISO 8601 timestamps ("2024-01-01T00:00:00.000Z") as unix seconds; None if malformed."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
-
-
-def format_time(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
@@ -118,64 +87,24 @@ class Record:
     def sync(self, gitlab: GitLab) -> int:
         """Read from GitLab every pipeline updated since the last sync (all of them the first
         time) into the record; return how many were read. Raises GitLabError like any call.
+        The paging by time is workers/timeline.py's."""
+        self.read = timeline.sync(self.conn, self.state_key, lambda params: gitlab.pipelines_page(self.pid, params),
+                                  self._write_page, what="pipeline", project_id=self.pid)
+        return self.read
 
-        Pages are walked by time, not by offset: each request asks for the oldest pipelines
-        updated after the last one read (`order_by=updated_at`, `updated_after`), so a pipeline
-        deleted or updated meanwhile cannot shift another out of the page it was on. A pipeline
-        updated while we read moves to the end and is read again there; more pipelines sharing
-        one timestamp than fit in a page are read by offset within that instant."""
-        cursor = self.conn.hget(self.state_key, "cursor")
-        after = float(cursor) - OVERLAP if cursor is not None else None
-        newest: float | None = None
-        seen: set[int] = set()
-        read, offset = 0, 1
-        while True:
-            params: dict = {"order_by": "updated_at", "sort": "asc", "per_page": PAGE, "page": offset}
-            if after is not None:
-                params["updated_after"] = format_time(after)
-            items = gitlab.pipelines_page(self.pid, params)
-            batch: list[str] = []
-            last: float | None = None
-            fresh = 0
-            for item in items:
-                if not isinstance(item, dict):
-                    continue
-                updated = parse_time(item.get("updated_at"))
-                if updated is not None:
-                    last = updated if last is None else max(last, updated)
-                sha, ref, pipeline_id = item.get("sha"), item.get("ref"), item.get("id")
-                if isinstance(pipeline_id, bool) or not isinstance(pipeline_id, int):
-                    log.warning("pipeline without a usable id skipped", extra={"project_id": self.pid})
-                    continue
-                if pipeline_id in seen:
-                    continue
-                seen.add(pipeline_id)
-                fresh += 1
-                if not rules.is_sha(sha) or not isinstance(ref, str) or not ref:
-                    log.warning("pipeline without a usable sha or ref skipped",
-                                extra={"project_id": self.pid, "pipeline_id": pipeline_id})
-                    continue
-                created = parse_time(item.get("created_at")) or updated or 0.0
-                batch += [sha, ref, str(pipeline_id), repr(created)]
-            if batch:
-                self._write(batch)
-            read += fresh
-            if last is not None:
-                newest = last if newest is None else max(newest, last)
-            if len(items) < PAGE or last is None:
-                break
-            if fresh == 0 or (after is not None and last - 0.001 <= after):
-                offset += 1  # a page all of one instant: the next page of that instant
-            else:
-                # Ask again from just before the last instant seen (ties at the page's end).
-                after, offset = last - 0.001, 1
-        self.conn.eval(_ADVANCE, 1, self.state_key, "" if newest is None else repr(newest), read)
-        self.read = read
-        return read
-
-    def _write(self, batch: list[str]) -> None:
-        self.conn.eval(_RECORD, 5, self.sha_key, self.short_key, self.refs_key, self.first_key,
-                       self.ref_prefix, *batch)
+    def _write_page(self, items: list[dict]) -> None:
+        batch: list[str] = []
+        for item in items:
+            sha, ref = item.get("sha"), item.get("ref")
+            if not rules.is_sha(sha) or not isinstance(ref, str) or not ref:
+                log.warning("pipeline without a usable sha or ref skipped",
+                            extra={"project_id": self.pid, "pipeline_id": item.get("id")})
+                continue
+            created = timeline.parse_time(item.get("created_at")) or timeline.parse_time(item.get("updated_at")) or 0.0
+            batch += [sha, ref, str(item["id"]), repr(created)]
+        if batch:
+                self.conn.eval(_RECORD, 5, self.sha_key, self.short_key, self.refs_key, self.first_key,
+                           self.ref_prefix, *batch)
 
     def drop(self) -> None:
         """Forget the project's record (it is read again from GitLab when next needed)."""

@@ -2,7 +2,7 @@
 `tagsweeper unregister` do (their arguments and output: workers/cli/webhook.py).
 
 register   creates the hook (secret = the first value of WEBHOOK_SECRET; merge request,
-           push and pipeline events on; everything else left at GitLab's defaults), or
+           push, pipeline and deployment events on; everything else left at GitLab's defaults), or
            updates the hook that already has this URL. Running it twice leaves one hook.
 unregister deletes every hook with this URL.
 
@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from workers.gitlab import AuthError, GitLab, GitLabError, NotFound
 from workers.common.settings import ConfigError, Settings
 
-EVENTS = ("merge_requests_events", "push_events", "pipeline_events")
+EVENTS = ("merge_requests_events", "push_events", "pipeline_events", "deployment_events")
 RECEIVER_PATH = "/hooks/gitlab"
 REDACTED = "[WEBHOOK_SECRET]"
 

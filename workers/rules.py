@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 # The policy's parts are parsed where the settings are read (workers/common/policy.py); re-exported.
@@ -51,6 +51,9 @@ class Code:
     ON_LIVE_REF = "on_live_ref"                  # a live branch or tag contains the commit
     NOT_CHECKED = "not_checked"                  # past MAX_REF_LOOKUPS: kept unasked
     EXISTS_AGAIN = "exists_again"                # the sweep: the dead branch was pushed again
+    DEPLOYED = "deployed"                        # the commit a live environment runs
+    DEPLOYED_REF = "deployed_ref"                # the branch a live environment runs (its BRANCH_TAGS)
+    ROLLBACK_TARGET = "rollback_target"          # one of a live environment's KEEP_DEPLOYMENTS newest
     # Unclear (the sweep keeps and reports them).
     NO_KNOWN_OWNER = "no_known_owner"
     SHORT_SHA_UNRESOLVED = "short_sha_unresolved"
@@ -73,6 +76,8 @@ class Code:
 
 
 REASON_CODES = frozenset(value for name, value in vars(Code).items() if name.isupper())
+# A tag kept for these is kept only while an environment uses it: a cleanup looks again later.
+DEPLOYMENT_CODES = frozenset({Code.DEPLOYED, Code.DEPLOYED_REF, Code.ROLLBACK_TARGET})
 
 
 class Reason(str):
@@ -242,6 +247,135 @@ def label_is_live(label: str, live_branches: Iterable[str], tag_refs: Iterable[s
     return False
 
 
+# --- Deployments: what live environments run, or may roll back to --------------------------------
+
+LIVE_ENVIRONMENT_STATES = ("available", "stopping")  # a stopped environment keeps nothing
+DEPLOYED_STATUS = "success"  # failed, canceled, running, created, blocked deployments run nothing
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment of an environment as GitLab's deployments API lists it, or as a Deployment
+    Hook named it (`hinted`: not listed by GitLab yet, its ref unknown).
+
+    finished: when it finished (unix seconds; `finished_at`, else `updated_at`), or None."""
+
+    id: int
+    sha: str
+    ref: str | None = None
+    status: str = DEPLOYED_STATUS
+    finished: float | None = None
+    hinted: bool = False
+
+
+@dataclass(frozen=True)
+class Environment:
+    """An environment (`state` as GitLab's environments API says) and the deployments known of it:
+    at least its newest KEEP_DEPLOYMENTS successful ones GitLab lists, and the one that finished last."""
+
+    name: str
+    state: str
+    deployments: tuple[Deployment, ...] = ()
+
+
+@dataclass(frozen=True)
+class InUse:
+    """What live environments keep: commit SHA -> why (its COMMIT_TAGS stay), and branch -> why
+    (its BRANCH_TAGS stay)."""
+
+    shas: Mapping[str, str] = field(default_factory=dict)
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def deployed_branch(ref: str, merge_requests: Mapping[int, MergeRequest]) -> str:
+    """The branch whose images a deployment's ref ran: a merge-request pipeline's deployment
+    (`refs/merge-requests/<iid>/head`) ran its source branch's (`$CI_COMMIT_REF_SLUG` is the
+    source branch's there)."""
+    iid = merge_request_of_ref(ref)
+    mr = merge_requests.get(iid) if iid is not None else None
+    return mr.source_branch if mr is not None and mr.own and mr.source_branch else ref
+
+
+def in_use(environments: Iterable[Environment], keep: int,
+           merge_requests: Mapping[int, MergeRequest] | None = None) -> InUse:
+    """What live environments keep (`keep`: KEEP_DEPLOYMENTS, at least 1).
+
+    For every environment that is `available` or `stopping`, of its successful deployments:
+    - the newest (highest id) and the one that finished last are **in use**: their commits keep
+      their COMMIT_TAGS, and their refs their BRANCH_TAGS (a review app pulls `:$CI_COMMIT_REF_SLUG`);
+    - the `keep` newest are rollback targets: their commits keep their COMMIT_TAGS;
+    - a deployment only a Deployment Hook named (not listed by GitLab yet) adds protection and
+      never takes any away: it keeps its commit, in use when newer than every listed one, and
+      does not push a listed one out of the `keep` newest.
+    An environment named twice (what the record holds, and what GitLab answered when asked
+    again) keeps what either keeps."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1: the current deployment always counts")
+    merge_requests = merge_requests or {}
+    shas: dict[str, str] = {}
+    refs: dict[str, str] = {}
+
+    def claim(found: dict[str, str], key: str, why: Reason) -> None:
+        # "In use" says more than "rollback target": it wins whichever environment came first.
+        if key not in found or (why.code != Code.ROLLBACK_TARGET and found[key].code == Code.ROLLBACK_TARGET):
+            found[key] = why
+
+    for env in sorted(environments, key=lambda e: e.name):
+        if env.state not in LIVE_ENVIRONMENT_STATES:
+            continue
+        done = {d.id: d for d in env.deployments if d.status == DEPLOYED_STATUS and is_sha(d.sha) and not d.hinted}
+        listed = sorted(done.values(), key=lambda d: d.id, reverse=True)
+        hinted = {d.id: d for d in env.deployments if d.hinted and d.status == DEPLOYED_STATUS
+                  and is_sha(d.sha) and d.id not in done}
+        if not listed and not hinted:
+            continue
+        current: set[int] = set()
+        kept = list(listed[:keep])
+        if listed:
+            last = max(listed, key=lambda d: (d.finished or 0.0, d.id))
+            current |= {listed[0].id, last.id}
+            kept.append(last)
+        newest = listed[0].id if listed else 0
+        current |= {i for i in hinted if i > newest}
+        kept.extend(hinted.values())
+        order = sorted([*listed, *hinted.values()], key=lambda d: d.id, reverse=True)
+        rank = {d.id: n for n, d in enumerate(order, 1)}
+        for d in sorted(set(kept), key=lambda d: rank[d.id]):
+            if d.id in current:
+                why = Reason(Code.DEPLOYED, f"in use by environment {env.name} (deployment #{d.id})")
+                if d.ref:
+                    claim(refs, deployed_branch(d.ref, merge_requests),
+                          Reason(Code.DEPLOYED_REF, f"in use by environment {env.name} (deployment #{d.id})"))
+            else:
+                why = Reason(Code.ROLLBACK_TARGET,
+                             f"rollback target of {env.name} ({ordinal(rank[d.id])} newest deployment)")
+            claim(shas, d.sha, why)
+    return InUse(shas=shas, refs=refs)
+
+
+def deployed_owners(shas: Mapping[str, str], refs: Mapping[str, str], policy: Policy) -> dict[str, str]:
+    """The tag names live environments keep (in_use): COMMIT_TAGS of their commits, BRANCH_TAGS of
+    their branches -> why. What is in use comes before rollback targets."""
+    owners: dict[str, str] = {}
+
+    def order(item: tuple[str, str]) -> tuple[bool, str]:
+        return code_of(item[1]) == Code.ROLLBACK_TARGET, item[0]
+
+    for sha, why in sorted(shas.items(), key=order):
+        for name in commit_tags(sha, policy.commit_templates):
+            owners.setdefault(name, why)
+    for ref, why in sorted(refs.items(), key=order):
+        for name in branch_tags(ref, policy.branch_templates):
+            owners.setdefault(name, why)
+    return owners
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do with one tag name, and why (a Reason: its text and its code)."""
@@ -266,6 +400,8 @@ class Facts:
         Here and in open_sources, a reason is a Reason (its code counted by metrics) or a plain string.
     other_refs: for SHAs of the branch, the other live refs a pipeline built them on.
     open_sources: deleted source branches of open merge requests -> why: their images are in use.
+    deployed_shas / deployed_refs: what live environments keep (InUse): commits and branches -> why.
+        They claim a tag only when nothing else does, so a report names them where they alone keep it.
     """
 
     branch: str
@@ -276,6 +412,8 @@ class Facts:
     pinned_shas: Mapping[str, str] = field(default_factory=dict)
     other_refs: Mapping[str, frozenset[str]] = field(default_factory=dict)
     open_sources: Mapping[str, str] = field(default_factory=dict)
+    deployed_shas: Mapping[str, str] = field(default_factory=dict)
+    deployed_refs: Mapping[str, str] = field(default_factory=dict)
 
 
 def owned_candidates(facts: Facts, policy: Policy) -> dict[str, str]:
@@ -325,6 +463,8 @@ def live_owners(facts: Facts, policy: Policy) -> dict[str, str]:
         if others and is_sha(sha):
             claim(commit_tags(sha, policy.commit_templates),
                   Reason(Code.OTHER_REF, f"commit was also built on {', '.join(others[:3])}"))
+    for name, why in deployed_owners(facts.deployed_shas, facts.deployed_refs, policy).items():
+        owners.setdefault(name, why)
     return owners
 
 
@@ -373,6 +513,7 @@ class SweepFacts:
         a merged or closed merge request); the ones that are live are ignored.
     open_sources: source branches of open merge requests -> why: in use even when deleted.
     pinned_shas: commits whose tags stay whatever else is true (open merge requests') -> why.
+    deployed_shas / deployed_refs: what live environments keep (InUse): commits and branches -> why.
     """
 
     default_branch: str | None = None
@@ -381,6 +522,8 @@ class SweepFacts:
     known_branches: Mapping[str, str] = field(default_factory=dict)
     open_sources: Mapping[str, str] = field(default_factory=dict)
     pinned_shas: Mapping[str, str] = field(default_factory=dict)
+    deployed_shas: Mapping[str, str] = field(default_factory=dict)
+    deployed_refs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -390,6 +533,8 @@ class SweepIndex:
     owners: Mapping[str, str]                  # tag -> why a live ref claims it
     dead_tags: Mapping[str, tuple[str, str]]   # tag -> (dead branch, how the service knows it)
     live_refs: frozenset[str]                  # labels of live branches ("branch:main")
+    # tag -> why live environments keep it, asked only when no live ref claims it (deployed_owners)
+    deployed: Mapping[str, str] = field(default_factory=dict)
 
     def is_live_ref(self, label: str) -> bool:
         # A tag pipeline's commit counts as live even if the git tag is gone: releases are kept;
@@ -471,8 +616,17 @@ def sweep_index(facts: SweepFacts, policy: Policy) -> SweepIndex:
         for tag in branch_tags(name, policy.branch_templates):
             if tag not in owners:
                 dead.setdefault(tag, (name, how))
-    return SweepIndex(owners=owners, dead_tags=dead,
+    deployed = {name: why for name, why in deployed_owners(facts.deployed_shas, facts.deployed_refs, policy).items()
+                if name not in owners}
+    return SweepIndex(owners=owners, dead_tags=dead, deployed=deployed,
                       live_refs=frozenset(f"branch:{name}" for name in live))
+
+
+def with_deployed(index: SweepIndex, shas: Mapping[str, str], policy: Policy) -> SweepIndex:
+    """The index with more commits live environments keep (found after it was made) -> why."""
+    more = {name: why for name, why in deployed_owners(shas, {}, policy).items()
+            if name not in index.owners and name not in index.deployed}
+    return replace(index, deployed={**index.deployed, **more}) if more else index
 
 
 def _commit_pattern(template: str) -> re.Pattern[str]:
@@ -522,6 +676,8 @@ def sweep_tag(name: str, index: SweepIndex, policy: Policy) -> SweepVerdict | Co
     ref = parse_commit_tag(name, policy.commit_templates)
     if ref is not None:
         return ref
+    if name in index.deployed:
+        return SweepVerdict(name, "keep", index.deployed[name], "branch")
     if name in index.dead_tags:
         branch, how = index.dead_tags[name]
         return SweepVerdict(name, "delete", Reason(Code.DEAD_BRANCH_TAG,
@@ -572,6 +728,10 @@ def _sweep_sha(tag: str, sha: str, facts: CommitFacts, index: SweepIndex, policy
         if live:
             return SweepVerdict(tag, "keep", Reason(Code.OTHER_REF, f"commit was also built on {', '.join(live[:3])}"),
                                 "commit")
+    for name in [tag, *sorted(commit_tags(sha, policy.commit_templates))]:
+        if name in index.deployed:
+            return SweepVerdict(tag, "keep", index.deployed[name], "commit")
+    if built:
         dead = tuple(sorted(r.split(":", 1)[1] for r in built if r.startswith("branch:")))
         names = ", ".join(repr(b) for b in dead[:3]) or "closed merge requests of forks"
         return SweepVerdict(tag, "delete", Reason(Code.BUILT_ON_DEAD, "commit was built only on dead "

@@ -29,7 +29,7 @@ def add_parsers(subparsers) -> None:
     for name, help_text, description, handler in (
         ("register", "create or update tagsweeper's webhook on a project or group",
          "Create tagsweeper's webhook on a project or group, or update the one with this URL: merge "
-         "request, push and pipeline events, with the first value of WEBHOOK_SECRET as its secret token. "
+         "request, push, pipeline and deployment events, with the first value of WEBHOOK_SECRET as its secret token. "
          "Running it twice leaves one hook.", run_register),
         ("unregister", "delete tagsweeper's webhook from a project or group",
          "Delete every hook with this URL from a project or group.", run_unregister),
@@ -98,7 +98,7 @@ def format_text(result: dict) -> str:
         if result["action"] == "created":
             what = (f"would create a hook on {owner}" if would
                     else f"created hook {result['hook_id']} on {owner}")
-            lines.append(f"{what} for {result['url']} (merge request, push and pipeline events; "
+            lines.append(f"{what} for {result['url']} (merge request, push, pipeline and deployment events; "
                          f"SSL verification {'on' if result['enable_ssl_verification'] else 'off'}; secret token set)")
         else:
             verb = "would update" if would else "updated"

@@ -39,6 +39,12 @@ def pipelines(project_id: int) -> str:
     return f"{ROOT}:pipelines:{int(project_id)}"
 
 
+def deployments(project_id: int) -> str:
+    """Prefix of one project's copy of GitLab's successful deployments (workers.deployments):
+    `<prefix>:state`, `:envs`, `:last`, `:short`, `:hints` and `:env:<environment>`."""
+    return f"{ROOT}:deployments:{int(project_id)}"
+
+
 # What Pipeline Hooks named, a hint (workers.history).
 def history_ref(project_id: int, kind: str, ref: str) -> str:
     """Sorted set: the SHAs a ref's pipelines built."""

@@ -3,6 +3,7 @@
 Jobs are named by dotted path (`CLEANUP_BRANCH`, `RECORD_PIPELINE`, `SWEEP_PROJECT`), so
 whoever enqueues one never imports `workers.jobs`. `Options` say how a kind of job is run
 and how long it is kept; `cleanup_options()` and `PIPELINE` are the two a delivery makes.
+`schedule_recheck()` runs a cleanup again later, while live environments still use its tags.
 
 `enqueue()` builds the RQ job and writes it with RQ 3.0's unique-enqueue script
 (`rq.scripts`): one Redis round trip that refuses an id that is a job already, else saves
@@ -15,7 +16,9 @@ without failing the enqueue.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +42,7 @@ CLEANUP_RESULT_TTL = 30 * DAY  # a finished cleanup's id blocks repeats this lon
 FAILURE_TTL = 30 * DAY
 PIPELINE_RESULT_TTL = 3600  # the status changes of one pipeline come within the hour
 PIPELINE_RETRY = (3, (10,))
+RECHECK_RESULT_TTL = DAY  # a re-check's report, for the dashboard; its id is never asked for again
 
 ENQUEUED = "enqueued"
 DUPLICATE = "duplicate"
@@ -64,6 +68,27 @@ def cleanup_options(delay: int, retries: int, intervals: Sequence[int]) -> Optio
     # RQ's Retry needs at least one retry: with CLEANUP_RETRIES=0 a failed cleanup goes straight to "failed".
     return Options(result_ttl=CLEANUP_RESULT_TTL, delay=delay,
                    retry=(retries, tuple(intervals)) if retries else None)
+
+
+def recheck_id(project_id: int, branch: str, due: float, interval: int) -> str:
+    """The id of the re-check of a branch's cleanup due at `due` (unix seconds): the same for every
+    cleanup asking within one `interval`, so repeated cleanups add no second re-check. The slot
+    in it moves on with each re-check, so a re-check that schedules the next one (its branch still
+    in use) never finds itself in the way."""
+    digest = hashlib.sha256(f"{int(project_id)}\n{branch}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"recheck-{int(project_id)}-{digest}-{int(due // interval)}"
+
+
+def schedule_recheck(queue: Queue, kwargs: Mapping[str, Any], *, project_id: int, interval: int, retries: int,
+                     intervals: Sequence[int], description: str | None = None) -> tuple[str, str]:
+    """Run a cleanup job again `interval` seconds from now (IN_USE_RECHECK): the same function,
+    the same arguments. Returns (status, job id); DUPLICATE when one is due in the same slot."""
+    job_id = recheck_id(project_id, str(kwargs["branch"]), time.time() + interval, interval)
+    options = Options(result_ttl=RECHECK_RESULT_TTL, delay=interval,
+                      retry=(retries, tuple(intervals)) if retries else None)
+    status = enqueue(queue, CLEANUP_BRANCH, job_id, kwargs=kwargs, options=options, description=description,
+                     meta={"trigger": "recheck", "delivery": kwargs.get("delivery")})
+    return status, job_id
 
 
 def enqueue(queue: Queue, func: str, job_id: str, *, kwargs: Mapping[str, Any], options: Options,

@@ -42,6 +42,11 @@ DEFAULT_CLEANUP_LOCK_TTL = 60
 # idle worker wakes from a 405 s wait) can leave such a job for over a quarter of an hour.
 DEFAULT_MAINTENANCE_INTERVAL = 60
 DEFAULT_ABANDONED_AFTER = 90  # RQ's default: a 30 s heartbeat plus 60 s of grace
+# Deployment protection (workers/deployments.py): the newest successful deployments of each live
+# environment that keep their commits' tags, and when a cleanup that kept tags only for an
+# environment looks again.
+DEFAULT_KEEP_DEPLOYMENTS = 3
+DEFAULT_IN_USE_RECHECK = 3600
 
 
 # --- the worker's and the commands' settings -----------------------------------------------
@@ -84,6 +89,29 @@ def seconds(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -
         return default
     if not raw.isdigit() or int(raw) < minimum:
         raise ConfigError(f"{name}={raw!r}: give a whole number of seconds >= {minimum}")
+    return int(raw)
+
+
+def keep_deployments(env: Mapping[str, str]) -> int:
+    """KEEP_DEPLOYMENTS: how many of each live environment's newest successful deployments keep
+    their commits' tags. At least 1: the deployment an environment runs always counts."""
+    raw = env.get("KEEP_DEPLOYMENTS", "").strip()
+    if not raw:
+        return DEFAULT_KEEP_DEPLOYMENTS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"KEEP_DEPLOYMENTS={raw!r}: give a whole number >= 1 (1 keeps only what each live "
+                          f"environment runs, {DEFAULT_KEEP_DEPLOYMENTS} also its two rollback targets)")
+    return int(raw)
+
+
+def in_use_recheck(env: Mapping[str, str]) -> int:
+    """IN_USE_RECHECK: seconds after which a cleanup that kept tags only because an environment
+    used them runs again; 0 turns the re-check off (the scheduled sweep still releases them)."""
+    raw = env.get("IN_USE_RECHECK", "").strip()
+    if not raw:
+        return DEFAULT_IN_USE_RECHECK
+    if not raw.isdigit():
+        raise ConfigError(f"IN_USE_RECHECK={raw!r}: give a whole number of seconds (0 turns the re-check off)")
     return int(raw)
 
 
@@ -179,6 +207,11 @@ class Settings:
     cleanup_lock_ttl: int = DEFAULT_CLEANUP_LOCK_TTL
     worker_maintenance_interval: int = DEFAULT_MAINTENANCE_INTERVAL
     worker_abandoned_after: int = DEFAULT_ABANDONED_AFTER
+    keep_deployments: int = DEFAULT_KEEP_DEPLOYMENTS
+    in_use_recheck: int = DEFAULT_IN_USE_RECHECK  # 0: off
+    # A re-check is a cleanup job: retried as the web process's cleanups are.
+    cleanup_retries: int = DEFAULT_RETRIES
+    cleanup_retry_intervals: tuple[int, ...] = DEFAULT_RETRY_INTERVALS
     # WEBHOOK_SECRET's values: `tagsweeper register` gives GitLab the first one.
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -238,8 +271,21 @@ class Settings:
             cleanup_lock_ttl=whole_number(env, "CLEANUP_LOCK_TTL", DEFAULT_CLEANUP_LOCK_TTL, minimum=1),
             worker_maintenance_interval=seconds(env, "WORKER_MAINTENANCE_INTERVAL", DEFAULT_MAINTENANCE_INTERVAL),
             worker_abandoned_after=seconds(env, "WORKER_ABANDONED_AFTER", DEFAULT_ABANDONED_AFTER, minimum=2),
+            keep_deployments=keep_deployments(env),
+            in_use_recheck=in_use_recheck(env),
+            cleanup_retries=_web_value(parse_whole, env.get("CLEANUP_RETRIES"), "CLEANUP_RETRIES", DEFAULT_RETRIES,
+                                       0, "retries"),
+            cleanup_retry_intervals=_web_value(parse_intervals, env.get("CLEANUP_RETRY_INTERVALS")),
             webhook_secrets=_secrets(env.get("WEBHOOK_SECRET", "")),
         )
+
+
+def _web_value(parse: Callable[..., Any], *args: Any) -> Any:
+    """A setting both processes read, parsed as the web process parses it; ConfigError if bad."""
+    try:
+        return parse(*args)
+    except RuntimeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # --- the web process's settings --------------------------------------------------------------

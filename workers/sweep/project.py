@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 
 import redis
 
-from workers import cleanup, deletion, pipelines, rules
+from workers import cleanup, deletion, deployments, pipelines, rules
 from workers.common import audit
 from workers.common.settings import Settings
 from workers.gitlab import GitLab, NotFound
@@ -50,6 +51,7 @@ class ProjectSweep:
         self.mrs: dict[int, rules.MergeRequest] = {}
         self.commits: Commits | None = None
         self.pipelines_read = 0
+        self.protection = deployments.Protection(ctx.gitlab, ctx.conn, ctx.pid, ctx.settings.keep_deployments)
 
     def run(self) -> dict:
         ctx, report = self.ctx, self.report
@@ -81,6 +83,8 @@ class ProjectSweep:
         nothing can be decided, or None."""
         self.pipelines_read = self.record.sync(self.gl)
         self.facts, self.mrs = gather(self.ctx, self.record)
+        in_use = self.protection.load().in_use(self.mrs)
+        self.facts = replace(self.facts, deployed_shas=in_use.shas, deployed_refs=in_use.refs)
         self.commits = Commits(self.gl, self.ctx.conn, self.ctx.pid, self.record, self.facts.live_tags, self.mrs)
         reason = implausible(self.facts)
         if reason is None:
@@ -90,7 +94,8 @@ class ProjectSweep:
     def result(self) -> dict:
         out = self.report.as_dict()
         out.update(scanned=self.scanned, kept_by_rule=self.kept_by_rule, unclear=self.unclear,
-                   known_dead_branches=self.known_dead, pipelines_read=self.pipelines_read)
+                   known_dead_branches=self.known_dead, pipelines_read=self.pipelines_read,
+                   deployments_read=self.protection.read, live_environments=len(self.protection.live))
         return out
 
     # -- listing --------------------------------------------------------------------------------
@@ -122,6 +127,10 @@ class ProjectSweep:
             (refs if isinstance(outcome, rules.CommitRef) else verdicts).append(outcome)
         if refs:
             facts = self.commits.facts(refs, self.pool)
+            # A commit deployed to a live environment beyond the newest the copy holds: GitLab says.
+            shas = {r.value for r in refs} | {s for found in facts.candidates.values() for s in found}
+            if self.protection.confirm(shas):
+                self.index = rules.with_deployed(self.index, self.protection.in_use(self.mrs).shas, self.policy)
             verdicts.extend(rules.sweep_commit(r, facts, self.index, self.policy) for r in refs)
         return self.apply(repo, verdicts)
 
@@ -130,7 +139,9 @@ class ProjectSweep:
         path = deletion.repo_path(repo)
         doomed: list[rules.SweepVerdict] = []
         for v in verdicts:
-            if v.action == "keep":
+            if v.action == "keep" and v.code in rules.DEPLOYMENT_CODES:
+                self.report.add("kept", v.tag, v.reason, path)  # listed: released once the environment stops
+            elif v.action == "keep":
                 self.kept_by_rule += 1  # counted, not listed: on a big registry that is most tags
             elif v.action == "unclear":
                 self.unclear += 1
