@@ -19,18 +19,14 @@ offset (the record now pages by time).
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import redis
 
-from tests.support.service import Service, load_payload
+from tests.support.service import Service
 from tests.support.modes import MODES, mode_env
-from tests.support.shop import merge_payload
+from tests.support.story import Story, kept_because, next_project_id
 
 pytestmark = pytest.mark.e2e
-
-_ids = itertools.count(7100)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -45,61 +41,6 @@ def service(request, redis_server, gitlab_stack, tmp_path_factory):
                   **mode_env(request.param, gitlab_stack)).start()
     yield svc
     svc.stop()
-
-
-class Story:
-    """A project in the emulator, its registry repository, and what each tag should point at."""
-
-    def __init__(self, gitlab, service):
-        self.gitlab, self.service = gitlab, service
-        pid = next(_ids)
-        self.project = gitlab.add_project(pid, f"acme/record-{pid}", default_branch="main")
-        self.project.add_registry_repository("")
-        self.path = self.project.path
-        self.digests: dict[str, str] = {}
-        self.hooks = 0
-
-    def pipeline(self, sha: str, ref: str, tags: list[str], *, hook: bool, mr_source: str | None = None) -> None:
-        """A pipeline GitLab ran on `ref` at `sha`, which pushed `tags` (plus the SHA tags). Its
-        Pipeline Hook reaches the service only when `hook`. `mr_source`: a merge request pipeline
-        (ref refs/merge-requests/<iid>/head) of that source branch."""
-        self.project.add_pipeline(sha, ref, source="merge_request_event" if mr_source else "push")
-        pushed = [*tags, sha, sha[:8]]
-        digest = self.gitlab.registry_client.push_image(self.path, pushed, content=f"{self.path}-{ref}-{sha}")
-        self.digests.update({t: digest for t in pushed})
-        if hook:
-            body = load_payload("pipeline_main.json")
-            body["project"]["id"] = self.project.id
-            body["project"]["path_with_namespace"] = self.path
-            body["object_attributes"].update(ref=mr_source or ref, sha=sha, tag=False)
-            self.hooks += 1
-            response = self.service.post(body, "Pipeline Hook", key=f"pipeline-{self.hooks}")
-            assert response.status_code == 202, response.text
-            assert self.service.wait_for_job(response.json()["job_id"]).get_status() == "finished"
-
-    def merged(self, iid: int) -> dict:
-        """Deliver the merge of `iid` and return the cleanup's report."""
-        mr = self.project.merge_requests[iid]
-        body = merge_payload(self.project, iid=iid, source_branch=mr.source_branch, target_branch=mr.target_branch,
-                             merge_commit_sha=mr.merge_commit_sha, last_commit={"id": mr.sha})
-        response = self.service.post(body, "Merge Request Hook", key=f"merge-{self.project.id}-{iid}")
-        assert response.status_code == 202, response.text
-        job = self.service.wait_for_job(response.json()["job_id"])
-        assert job.get_status() == "finished", self.service.logs()[-3000:]
-        report = job.return_value()
-        assert report["skipped"] is None and report["summary"]["failed"] == 0, report
-        return report
-
-    def assert_gone_exactly(self, gone: set[str]) -> None:
-        reg = self.gitlab.registry_client
-        present = set(reg.tags(self.path))
-        assert set(self.digests) - present == gone
-        for tag in present:
-            assert reg.resolve(self.path, tag) == self.digests[tag], f"{tag} moved"
-
-
-def kept_because(report: dict, tag: str) -> str:
-    return next(d["reason"] for d in report["decisions"] if d["tag"] == tag and d["decision"] == "kept")
 
 
 def feature_branch(story: Story, commits: int = 2) -> list[str]:
@@ -243,7 +184,7 @@ def test_a_pipeline_deleted_while_the_record_pages_costs_no_other_pipeline(gitla
     from workers.gitlab import GitLab
     from tests.support.modes import settings_for
 
-    project = gitlab.add_project(next(_ids), "acme/paging", default_branch="main")
+    project = gitlab.add_project(next_project_id(), "acme/paging", default_branch="main")
     project.add_registry_repository("")
     old = [project.add_pipeline(project.branches["main"], "main") for _ in range(100)]
     project.add_branch("feature/x", from_branch="main")

@@ -686,7 +686,7 @@ def stray_gitlab_requests(log, projects: dict[int, set[int]], names: set[str]) -
         # A "." or ".." segment is resolved by servers and proxies: it would leave the endpoint.
         if m and int(m[1]) in projects and not {".", ".."} & set(raw.split("/")):
             if rest in ("", "/repository/branches", "/repository/tags", "/merge_requests",
-                        "/registry/repositories", "/pipelines") \
+                        "/registry/repositories", "/pipelines", "/deployments", "/environments") \
                     or re.fullmatch(r"/merge_requests/[0-9]+(/commits)?|/pipelines/[0-9]+", rest):
                 ok = method == "GET"
             elif b := re.fullmatch(r"/repository/branches/([^/]+)", rest):

@@ -60,6 +60,13 @@ def test_record_pipeline_job_refuses_bad_values(redis_url, monkeypatch):
     ({"DELETE_CONCURRENCY": "0"}, "DELETE_CONCURRENCY"),
     ({"GITLAB_URL": "gitlab.example.com"}, "GITLAB_URL"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"KEEP_DEPLOYMENTS": "0"}, r"KEEP_DEPLOYMENTS='0': give a whole number from 1 to 100 \(1 keeps only what"),
+    ({"KEEP_DEPLOYMENTS": "101"}, "KEEP_DEPLOYMENTS='101'"),
+    ({"KEEP_DEPLOYMENTS": "three"}, "KEEP_DEPLOYMENTS='three'"),
+    ({"IN_USE_RECHECK": "-1"}, r"IN_USE_RECHECK='-1': give a whole number of seconds \(0 turns the re-check off\)"),
+    ({"IN_USE_RECHECK": "1h"}, "IN_USE_RECHECK='1h'"),
+    ({"CLEANUP_RETRIES": "many"}, "CLEANUP_RETRIES"),
+    ({"CLEANUP_RETRY_INTERVALS": "30,soon"}, "CLEANUP_RETRY_INTERVALS"),
 ])
 def test_bad_settings_are_clear_errors(env, message):
     with pytest.raises(ConfigError, match=message):
@@ -69,6 +76,10 @@ def test_bad_settings_are_clear_errors(env, message):
 def test_settings_defaults_and_token_not_in_repr():
     s = Settings.from_env({"GITLAB_URL": "https://gitlab.example.com/api/v4/", "GITLAB_TOKEN": "glpat-secret"})
     assert s.gitlab_url == "https://gitlab.example.com" and s.dry_run is False
+    assert (s.keep_deployments, s.in_use_recheck) == (3, 3600)
+    assert (s.cleanup_retries, s.cleanup_retry_intervals) == (5, (30, 60, 300, 900, 3600))
+    s = Settings.from_env({"KEEP_DEPLOYMENTS": " 1 ", "IN_USE_RECHECK": "0", "CLEANUP_RETRIES": "0"})
+    assert (s.keep_deployments, s.in_use_recheck, s.cleanup_retries) == (1, 0, 0)
     assert "glpat-secret" not in repr(s)
 
 

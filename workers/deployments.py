@@ -53,7 +53,7 @@ HINT_TTL = 7 * 86400  # seconds a Deployment Hook's hint counts when GitLab's li
 # environment, which environments each short SHA was deployed to, every environment's name,
 # and the hints the page makes redundant. A deployment listed with another status leaves the
 # environment's set: GitLab's list decides.
-_RECORD = """
+_RECORD = timeline.LUA_ADD_LINE + """
 local env_prefix, last_key, short_key, envs_key, hints_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 for i = 1, #ARGV, 6 do
   local id, env, sha, ref, finished, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
@@ -67,19 +67,11 @@ for i = 1, #ARGV, 6 do
     local newer = not current
     if current then
       local cid, cfinished = string.match(current, '^(%d+)\\t[^\\t]*\\t[^\\t]*\\t(.*)$')
-      local f, cf = tonumber(finished), tonumber(cfinished)
-      newer = (not cf) or f > cf or (f == cf and tonumber(id) > tonumber(cid))
+      local f, cf = tonumber(finished) or 0, tonumber(cfinished) or 0
+      newer = (not cid) or f > cf or (f == cf and tonumber(id) > tonumber(cid))
     end
     if newer then redis.call('HSET', last_key, env, member) end
-    local prefix = string.sub(sha, 1, 8)
-    local names = redis.call('HGET', short_key, prefix)
-    if not names then
-      redis.call('HSET', short_key, prefix, env)
-    else
-      local found = false
-      for n in string.gmatch(names, '[^\\n]+') do if n == env then found = true break end end
-      if not found then redis.call('HSET', short_key, prefix, names .. '\\n' .. env) end
-    end
+    add_line(short_key, string.sub(sha, 1, 8), env)
     redis.call('HDEL', hints_key, id)
   end
 end
@@ -95,13 +87,9 @@ return 1
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def _member(value: bytes | str) -> rules.Deployment | None:
     """A deployment as the copy holds it ("id\\tsha\\tref\\tfinished")."""
-    parts = _text(value).split("\t")
+    parts = timeline.text(value).split("\t")
     if len(parts) != 4 or not parts[0].isdigit():
         return None
     try:
@@ -127,53 +115,37 @@ def from_api(item: dict) -> tuple[str, rules.Deployment] | None:
                                   status=str(item.get("status") or ""), finished=finished)
 
 
-class Record:
-    """One project's copy of GitLab's successful deployments in Redis: sync it, then ask it."""
+class Record(timeline.Copy):
+    """One project's copy of GitLab's successful deployments in Redis: sync it (`timeline.Copy.sync`),
+    then ask it."""
 
-    def __init__(self, conn: redis.Redis, project_id: int):
-        self.conn = conn
-        self.pid = int(project_id)
-        base = keys.deployments(self.pid)
-        self.state_key = f"{base}:state"
-        self.envs_key = f"{base}:envs"
-        self.last_key = f"{base}:last"
-        self.short_key = f"{base}:short"
-        self.hints_key = f"{base}:hints"
-        self.env_prefix = f"{base}:env:"
-        self.read = 0  # deployments read by the last sync (for reports and benchmarks)
+    what = "deployment"
+    needs = "a usable environment or sha"
+    page = "deployments_page"
+    script = _RECORD
+    prefix = staticmethod(keys.deployments)
 
     # -- writing ----------------------------------------------------------------------------
-    def sync(self, gitlab: GitLab) -> int:
-        """Read from GitLab every deployment updated since the last sync (all of them the first
-        time) into the copy; return how many were read. Raises GitLabError like any call."""
-        self.read = timeline.sync(self.conn, self.state_key, lambda params: gitlab.deployments_page(self.pid, params),
-                                  self._write_page, what="deployment", project_id=self.pid)
-        return self.read
+    def script_keys(self) -> list[str]:
+        return [self.part(p) for p in ("env:", "last", "short", "envs", "hints")]
 
-    def _write_page(self, items: list[dict]) -> None:
-        batch: list[str] = []
-        for item in items:
-            found = from_api(item)
-            if found is None:
-                log.warning("deployment without a usable environment or sha skipped",
-                            extra={"project_id": self.pid, "deployment_id": item.get("id")})
-                continue
-            env, d = found
-            batch += [str(d.id), env, d.sha, d.ref or "", "" if d.finished is None else repr(d.finished), d.status]
-        if batch:
-            self.conn.eval(_RECORD, 5, self.env_prefix, self.last_key, self.short_key, self.envs_key,
-                           self.hints_key, *batch)
+    def row(self, item: dict) -> list[str] | None:
+        found = from_api(item)
+        if found is None:
+            return None
+        env, d = found
+        return [str(d.id), env, d.sha, d.ref or "", "" if d.finished is None else repr(d.finished), d.status]
 
     def hint(self, environment: str, deployment_id: int, sha: str, now: float | None = None) -> bool:
         """Remember a successful deployment a Deployment Hook named; False when the copy holds it already."""
         now = time.time() if now is None else now
-        return bool(self.conn.eval(_HINT, 2, self.env_prefix + environment, self.hints_key, int(deployment_id),
+        return bool(self.conn.eval(_HINT, 2, self.part("env:") + environment, self.part("hints"), int(deployment_id),
                                    f"{environment}\t{sha}\t{now!r}", HINT_TTL))
 
     def drop(self) -> None:
         """Forget the project's copy (it is read again from GitLab when next needed)."""
-        names = [self.state_key, self.envs_key, self.last_key, self.short_key, self.hints_key]
-        names += [self.env_prefix + _text(e) for e in self.conn.smembers(self.envs_key)]
+        names = [self.state_key, self.part("envs"), self.part("last"), self.part("short"), self.part("hints")]
+        names += [self.part("env:") + timeline.text(e) for e in self.conn.smembers(self.part("envs"))]
         for start in range(0, len(names), 500):
             self.conn.delete(*names[start:start + 500])
 
@@ -186,9 +158,9 @@ class Record:
             return {}
         pipe = self.conn.pipeline(transaction=False)
         for name in names:
-            pipe.zrevrange(self.env_prefix + name, 0, count - 1)
-            pipe.zcard(self.env_prefix + name)
-        pipe.hmget(self.last_key, names)
+            pipe.zrevrange(self.part("env:") + name, 0, count - 1)
+            pipe.zcard(self.part("env:") + name)
+        pipe.hmget(self.part("last"), names)
         answers = pipe.execute()
         lasts = answers[-1]
         out: dict[str, tuple[list[rules.Deployment], int]] = {}
@@ -198,16 +170,20 @@ class Record:
             out[name] = (sorted(found.values(), key=lambda d: d.id, reverse=True), int(total))
         return out
 
+    def anything(self) -> bool:
+        """Whether the copy holds any successful deployment, or any hint (one round trip)."""
+        return bool(self.conn.exists(self.part("envs"), self.part("hints")))
+
     def hinted(self, environments: Iterable[str], now: float | None = None) -> dict[str, list[rules.Deployment]]:
         """The successful deployments Deployment Hooks named in these environments, not yet in the copy."""
         now = time.time() if now is None else now
         wanted = set(environments)
         out: dict[str, list[rules.Deployment]] = {}
         stale = []
-        for field, value in self.conn.hgetall(self.hints_key).items():
-            parts = _text(value).split("\t")
+        for field, value in self.conn.hgetall(self.part("hints")).items():
+            parts = timeline.text(value).split("\t")
             try:
-                deployment_id, at = int(_text(field)), float(parts[2])
+                deployment_id, at = int(timeline.text(field)), float(parts[2])
             except (ValueError, IndexError):
                 stale.append(field)
                 continue
@@ -217,7 +193,7 @@ class Record:
                 out.setdefault(parts[0], []).append(rules.Deployment(id=deployment_id, sha=parts[1], hinted=True,
                                                                      finished=at))
         if stale:
-            self.conn.hdel(self.hints_key, *stale)
+            self.conn.hdel(self.part("hints"), *stale)
         return out
 
     def deployed_to(self, prefixes: Iterable[str]) -> dict[str, frozenset[str]]:
@@ -225,8 +201,8 @@ class Record:
         prefixes = list(dict.fromkeys(prefixes))
         if not prefixes:
             return {}
-        found = self.conn.hmget(self.short_key, prefixes)
-        return {p: frozenset(_text(v).split("\n")) for p, v in zip(prefixes, found) if v}
+        found = self.conn.hmget(self.part("short"), prefixes)
+        return {p: frozenset(timeline.text(v).split("\n")) for p, v in zip(prefixes, found) if v}
 
 
 def remember(conn: redis.Redis, *, project_id: int, environment: str, deployment_id: int, sha: str,
@@ -278,7 +254,9 @@ class Protection:
     def load(self) -> "Protection":
         """Sync the copy, list the live environments, read what they ran. Raises GitLabError."""
         self.read = self.record.sync(self.gitlab)
-        self.live = live_environments(self.gitlab, self.pid)
+        # A project that never deployed successfully (nor did a Deployment Hook say so) has nothing
+        # an environment could keep: its environments are not even listed.
+        self.live = live_environments(self.gitlab, self.pid) if self.record.anything() else {}
         self.held = self.record.newest(self.live, self.keep)
         hints = self.record.hinted(self.live)
         self.environments = [rules.Environment(name, state, tuple(self.held[name][0]) + tuple(hints.get(name, ())))
@@ -290,9 +268,10 @@ class Protection:
 
     def confirm(self, shas: Iterable[str]) -> bool:
         """Ask GitLab for the newest successful deployments of every live environment a commit
-        among `shas` (full or short SHAs; or one sharing its short SHA) was deployed to beyond the newest the copy
-        holds: a deployment GitLab deleted must not hold the place of a real one. One request
-        per such environment, once. Returns whether anything was asked. Raises GitLabError."""
+        among `shas` (full or short SHAs; or one sharing its short SHA) was deployed to beyond
+        the newest the copy holds: a deployment GitLab deleted must not hold the place of a real
+        one. One request per such environment, once. Returns whether anything was asked. Raises
+        GitLabError."""
         prefixes = {s[:8] for s in shas if SHA_OR_SHORT.fullmatch(s)}
         ask: set[str] = set()
         for prefix, names in self.record.deployed_to(prefixes).items():

@@ -34,25 +34,12 @@ log = logging.getLogger("tagsweeper.pipelines")
 # One page of pipelines in one round trip: per SHA the refs that built it, per ref the SHAs
 # (scored by the newest pipeline id), per short SHA the full ones, the first pipeline of each
 # ref (to ask later whether it was a tag pipeline) and each SHA's first pipeline time.
-_RECORD = """
+_RECORD = timeline.LUA_ADD_LINE + """
 local sha_key, short_key, refs_key, first_key, ref_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 for i = 1, #ARGV, 4 do
   local sha, ref, id, created = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local refs = redis.call('HGET', sha_key, sha)
-  if not refs then
-    redis.call('HSET', sha_key, sha, ref)
-  else
-    local found = false
-    for r in string.gmatch(refs, '[^\\n]+') do if r == ref then found = true break end end
-    if not found then redis.call('HSET', sha_key, sha, refs .. '\\n' .. ref) end
-  end
-  local prefix = string.sub(sha, 1, 8)
-  local shas = redis.call('HGET', short_key, prefix)
-  if not shas then
-    redis.call('HSET', short_key, prefix, sha)
-  elseif not string.find(shas, sha, 1, true) then
-    redis.call('HSET', short_key, prefix, shas .. '\\n' .. sha)
-  end
+  add_line(sha_key, sha, ref)
+  add_line(short_key, string.sub(sha, 1, 8), sha)
   redis.call('ZADD', ref_prefix .. ref, 'GT', id, sha)
   local first = tonumber(redis.call('HGET', refs_key, ref))
   if not first or id < first then redis.call('HSET', refs_key, ref, id) end
@@ -63,48 +50,31 @@ return 1
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+class Record(timeline.Copy):
+    """One project's pipelines record in Redis: sync it (`timeline.Copy.sync`), then ask it."""
 
-
-class Record:
-    """One project's pipelines record in Redis: sync it, then ask it."""
+    what = "pipeline"
+    needs = "a usable sha or ref"
+    page = "pipelines_page"
+    script = _RECORD
+    prefix = staticmethod(keys.pipelines)
 
     def __init__(self, conn: redis.Redis, project_id: int):
-        self.conn = conn
-        self.pid = int(project_id)
-        base = keys.pipelines(self.pid)
-        self.state_key = f"{base}:state"
-        self.sha_key = f"{base}:sha"
-        self.short_key = f"{base}:short"
-        self.refs_key = f"{base}:refs"
-        self.first_key = f"{base}:first"
-        self.kind_key = f"{base}:kind"
-        self.ref_prefix = f"{base}:ref:"
-        self.read = 0  # pipelines read by the last sync (for reports and benchmarks)
+        super().__init__(conn, project_id)
+        self.sha_key, self.short_key = self.part("sha"), self.part("short")
+        self.refs_key, self.first_key, self.kind_key = self.part("refs"), self.part("first"), self.part("kind")
+        self.ref_prefix = self.part("ref:")
 
     # -- writing ----------------------------------------------------------------------------
-    def sync(self, gitlab: GitLab) -> int:
-        """Read from GitLab every pipeline updated since the last sync (all of them the first
-        time) into the record; return how many were read. Raises GitLabError like any call.
-        The paging by time is workers/timeline.py's."""
-        self.read = timeline.sync(self.conn, self.state_key, lambda params: gitlab.pipelines_page(self.pid, params),
-                                  self._write_page, what="pipeline", project_id=self.pid)
-        return self.read
+    def script_keys(self) -> list[str]:
+        return [self.sha_key, self.short_key, self.refs_key, self.first_key, self.ref_prefix]
 
-    def _write_page(self, items: list[dict]) -> None:
-        batch: list[str] = []
-        for item in items:
-            sha, ref = item.get("sha"), item.get("ref")
-            if not rules.is_sha(sha) or not isinstance(ref, str) or not ref:
-                log.warning("pipeline without a usable sha or ref skipped",
-                            extra={"project_id": self.pid, "pipeline_id": item.get("id")})
-                continue
-            created = timeline.parse_time(item.get("created_at")) or timeline.parse_time(item.get("updated_at")) or 0.0
-            batch += [sha, ref, str(item["id"]), repr(created)]
-        if batch:
-                self.conn.eval(_RECORD, 5, self.sha_key, self.short_key, self.refs_key, self.first_key,
-                           self.ref_prefix, *batch)
+    def row(self, item: dict) -> list[str] | None:
+        sha, ref = item.get("sha"), item.get("ref")
+        if not rules.is_sha(sha) or not isinstance(ref, str) or not ref:
+            return None
+        created = timeline.parse_time(item.get("created_at")) or timeline.parse_time(item.get("updated_at")) or 0.0
+        return [sha, ref, str(item["id"]), repr(created)]
 
     def drop(self) -> None:
         """Forget the project's record (it is read again from GitLab when next needed)."""
@@ -123,7 +93,7 @@ class Record:
             chunk = shas[start:start + 1000]
             for sha, refs in zip(chunk, self.conn.hmget(self.sha_key, chunk)):
                 if refs:
-                    out[sha] = frozenset(_text(refs).split("\n"))
+                    out[sha] = frozenset(timeline.text(refs).split("\n"))
         return out
 
     def shas_of(self, refs: Iterable[str]) -> dict[str, float]:
@@ -134,7 +104,7 @@ class Record:
         out: dict[str, float] = {}
         for items in pipe.execute():
             for sha, score in items:
-                sha = _text(sha)
+                sha = timeline.text(sha)
                 out[sha] = max(out.get(sha, 0.0), score)
         return out
 
@@ -144,12 +114,12 @@ class Record:
         if not prefixes:
             return {}
         found = self.conn.hmget(self.short_key, prefixes)
-        return {p: frozenset(_text(v).split("\n")) if v else frozenset() for p, v in zip(prefixes, found)}
+        return {p: frozenset(timeline.text(v).split("\n")) if v else frozenset() for p, v in zip(prefixes, found)}
 
     def refs(self) -> Iterator[str]:
         """Every ref that ever ran a pipeline (streamed)."""
         for ref, _ in self.conn.hscan_iter(self.refs_key, count=1000):
-            yield _text(ref)
+            yield timeline.text(ref)
 
     def first_built(self, shas: Iterable[str]) -> dict[str, float]:
         """When each SHA's first pipeline was created (unix seconds)."""
@@ -175,7 +145,7 @@ class Record:
                 self.conn.hset(self.kind_key, ref, kind)
                 kinds[ref] = kind.encode()
         # An unknown kind is treated as a tag: a release image is kept rather than guessed at.
-        return {r for r, k in kinds.items() if k is not None and _text(k) in ("tag", "unknown")}
+        return {r for r, k in kinds.items() if k is not None and timeline.text(k) in ("tag", "unknown")}
 
     def _kind(self, gitlab: GitLab, ref: str, first: int) -> str:
         """"tag" or "branch" from one pipeline of `ref` (its first; if GitLab deleted that one

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 
@@ -37,6 +37,18 @@ if new and (not old or new > old) then redis.call('HSET', KEYS[1], 'cursor', ARG
 redis.call('HSET', KEYS[1], 'complete', '1')
 redis.call('HINCRBY', KEYS[1], 'read', ARGV[2])
 return 1
+"""
+
+
+# Lua for the copies' scripts: add `value` to the newline-separated list in hash `key`'s `field`,
+# unless it is there already.
+LUA_ADD_LINE = """
+local function add_line(key, field, value)
+  local old = redis.call('HGET', key, field)
+  if not old then redis.call('HSET', key, field, value) return end
+  for v in string.gmatch(old, '[^\\n]+') do if v == value then return end end
+  redis.call('HSET', key, field, old .. '\\n' .. value)
+end
 """
 
 
@@ -107,3 +119,60 @@ def sync(conn: redis.Redis, state_key: str, fetch: Callable[[dict], list],
             after, offset = last - 0.001, 1
     conn.eval(_ADVANCE, 1, state_key, "" if newest is None else repr(newest), read)
     return read
+
+
+def text(value: bytes | str) -> str:
+    """A Redis answer as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class Copy:
+    """One project's copy of a GitLab list in Redis under its key `prefix`, synced by time.
+
+    A subclass names the list (`what`; `page`, the GitLab client's method for one page of it),
+    turns each item into a row of strings (`row`; None for an item it cannot use, which is
+    logged as lacking `needs`); a page's rows are written by one Lua `script` on `script_keys()`."""
+
+    what = "item"
+    needs = "usable fields"
+    page = ""
+    script = ""
+    prefix: Callable[[int], str]  # the project's key prefix (workers/common/keys.py)
+
+    def __init__(self, conn: redis.Redis, project_id: int):
+        self.conn = conn
+        self.pid = int(project_id)
+        self.base = type(self).prefix(self.pid)
+        self.state_key = self.part("state")
+        self.read = 0  # items read by the last sync (for reports and benchmarks)
+
+    def part(self, name: str) -> str:
+        """The key of one part of the copy: `<prefix>:<name>`."""
+        return f"{self.base}:{name}"
+
+    def script_keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def row(self, item: dict) -> list[str] | None:
+        raise NotImplementedError
+
+    def sync(self, gitlab: Any) -> int:
+        """Read from GitLab every item updated since the last sync (all of them the first time)
+        into the copy; return how many were read. Raises GitLabError like any call."""
+        fetch = getattr(gitlab, self.page)
+        self.read = sync(self.conn, self.state_key, lambda params: fetch(self.pid, params), self._write,
+                         what=self.what, project_id=self.pid)
+        return self.read
+
+    def _write(self, items: list[dict]) -> None:
+        batch: list[str] = []
+        for item in items:
+            row = self.row(item)
+            if row is None:
+                log.warning(f"{self.what} without {self.needs} skipped",
+                            extra={"project_id": self.pid, f"{self.what}_id": item.get("id")})
+            else:
+                batch += row
+        if batch:
+            names = self.script_keys()
+            self.conn.eval(self.script, len(names), *names, *batch)

@@ -46,6 +46,7 @@ DEFAULT_ABANDONED_AFTER = 90  # RQ's default: a 30 s heartbeat plus 60 s of grac
 # environment that keep their commits' tags, and when a cleanup that kept tags only for an
 # environment looks again.
 DEFAULT_KEEP_DEPLOYMENTS = 3
+MAX_KEEP_DEPLOYMENTS = 100  # one page of GitLab's deployments
 DEFAULT_IN_USE_RECHECK = 3600
 
 
@@ -94,13 +95,15 @@ def seconds(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -
 
 def keep_deployments(env: Mapping[str, str]) -> int:
     """KEEP_DEPLOYMENTS: how many of each live environment's newest successful deployments keep
-    their commits' tags. At least 1: the deployment an environment runs always counts."""
+    their commits' tags. At least 1: the deployment an environment runs always counts; at most
+    100, what one page of GitLab's deployments holds."""
     raw = env.get("KEEP_DEPLOYMENTS", "").strip()
     if not raw:
         return DEFAULT_KEEP_DEPLOYMENTS
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"KEEP_DEPLOYMENTS={raw!r}: give a whole number >= 1 (1 keeps only what each live "
-                          f"environment runs, {DEFAULT_KEEP_DEPLOYMENTS} also its two rollback targets)")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_KEEP_DEPLOYMENTS:
+        raise ConfigError(f"KEEP_DEPLOYMENTS={raw!r}: give a whole number from 1 to {MAX_KEEP_DEPLOYMENTS} (1 keeps "
+                          f"only what each live environment runs, {DEFAULT_KEEP_DEPLOYMENTS} also its two rollback "
+                          "targets)")
     return int(raw)
 
 

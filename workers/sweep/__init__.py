@@ -5,8 +5,10 @@ more than three branches, and nothing arrives while the service is down: branche
 without tagsweeper hearing of it. A sweep goes over every tag of a project's registry
 repositories, a page at a time, and deletes only what it can show belongs to a dead branch
 (see `rules.sweep_tag` / `rules.sweep_commit`), with the same protection rules
-(`rules.live_owners`, PROTECTED_TAGS) and the same deletion path as an event cleanup
-(workers/deletion.py, `Report`). What it cannot attribute is kept and reported as unclear.
+(`rules.live_owners`, PROTECTED_TAGS, what live environments run or may roll back to:
+workers/deployments.py) and the same deletion path as an event cleanup (workers/deletion.py,
+`Report`). What it cannot attribute is kept and reported as unclear; what only environments
+keep is kept and listed, and goes in the first sweep after they are stopped.
 
 Memory stays flat on big registries: tags are listed and decided a page at a time; what is
 held for the whole sweep is the project's refs (live branches, git tags, known branch names)
