@@ -25,7 +25,14 @@ Each trial starts a fresh registry on a copy of the same seeded storage (cached 
 - tagsweeper api mode, DELETE_CONCURRENCY=4 and =1 (one at a time);
 - tagsweeper api mode, DELETE_CONCURRENCY=4, with the pipelines record synced before the measured
   cleanup (`api-c4-warm`: steady operation, where an earlier job of the project synced it);
-- the seed-style script: `skopeo delete docker://…:TAG` in a loop over the same owned tags.
+- the seed-style script: `skopeo delete docker://…:TAG` in a loop over the same owned tags;
+- with 50 environments (`-env50` kinds: registry mode, api mode, api mode with the pipelines and
+  deployments records synced first): the same cleanup with deployment protection deciding too
+  (`Environments`: production, staging, the branch's own review app and 47 more review apps, a few
+  dozen deployments each spread over the project's timeline, 26 available and 24 stopped). None
+  keeps an owned tag (the branch's review app stopped when the branch was deleted; staging ran
+  five of the branch's commits, long since replaced), so the deletions are the baseline's and
+  what differs is what deciding on deployments costs.
 
 Requests are counted where they arrive: the emulator's request log (GitLab API and /jwt/auth) and
 the registry's access log (only tagsweeper's own User-Agent in registry mode; in api mode the
@@ -40,6 +47,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import logging
+import random
 import shutil
 import subprocess
 import sys
@@ -66,6 +74,88 @@ MR_PIPELINES = 10  # the branch's last pushes also ran a merge request pipeline 
 OWNED = [SLUG] + [t for c in COMMITS for t in (c, c[:8])]
 UNOWNED = ["latest", "v0.9.0", "main", MAIN_SHA, MAIN_SHA[:8], "v1.2.0"]
 TOKEN_USER = "tagsweeper"
+N_ENVIRONMENTS = 50  # the -env50 kinds: production, staging, review/feature-bench and 47 review apps
+REVIEW_DEPLOYMENTS = 25  # deployments of each other review app
+TOPIC_COMMITS = 8  # commits of each other review app's branch
+STAGING_FROM_BRANCH = range(2, 7)  # the branch's commits staging ran (early: long since replaced)
+BENCH_REVIEW = "review/feature-bench"
+
+
+class Environments:
+    """Environments and deployments as a busy project has them (`N_ENVIRONMENTS`), laid into the
+    timeline `setup_emulator` builds: after each pipeline, what deployed then (a few seconds later).
+
+    - `production` ("with_action"): every pipeline of main deploys it; one in ten fails;
+    - `staging` ("with_action"): every pipeline of main, a topic branch's commit every fourth
+      pipeline, and five early commits of feature/bench from its branch pipelines (long since
+      replaced: staging's newest three are main's two last and a topic branch's at the end);
+    - `review/feature-bench` (created by its first deploy job, "always"): the branch's last 10
+      pushes; GitLab stops it when the branch is deleted;
+    - `review/topic-N`, the rest: branch topic/N (TOPIC_COMMITS commits, pushed up front) deploys
+      REVIEW_DEPLOYMENTS times, its newer commits later, one in ten failed, all the review apps'
+      deployments interleaved over the timeline. Of every three: one is created by its deploy job
+      and its branch deleted at the end (GitLab stops it); one is "with_action" and its branch
+      deleted at the end (left running); one keeps its branch, and every other of those is stopped
+      at the end.
+    """
+
+    def __init__(self, project, slots: int, count: int = N_ENVIRONMENTS):
+        self.project = project
+        self.rng = random.Random(f"bench-environments-{count}")
+        for name in ("production", "staging"):
+            project.add_environment(name, tier=name, auto_stop_setting="with_action")
+        self.topics = []
+        for i in range(count - 3):
+            branch, env = f"topic/{i}", f"review/topic-{i}"
+            project.add_branch(branch, from_branch="main")
+            shas = [hashlib.sha1(f"bench-topic-{i}-{k}".encode()).hexdigest() for k in range(TOPIC_COMMITS)]
+            for sha in shas:
+                project.push(branch, sha)
+            if i % 3 == 1:
+                project.add_environment(env, auto_stop_setting="with_action")
+            self.topics.append((branch, env, shas, i % 3))
+        # The review apps' deployments, round-robin, so each one's spread over the whole timeline.
+        self.queue = [(topic, k) for k in range(REVIEW_DEPLOYMENTS) for topic in self.topics]
+        self.per_slot = -(-len(self.queue) // slots)
+        self.pipelines = 0
+        self.branch_pipelines = 0
+
+    def deploy(self, env: str, ref: str, sha: str, at: _dt.datetime, failed: bool = False) -> None:
+        self.project.deploy(env, ref=ref, sha=sha, status="failed" if failed else "success", at=at)
+
+    def after_pipeline(self, sha: str, ref: str, at: _dt.datetime) -> None:
+        """What deployed after the pipeline created at `at`."""
+        tick = iter(at + _dt.timedelta(seconds=s) for s in range(1, 400))
+        self.pipelines += 1
+        if ref == "main":
+            self.deploy("production", "main", sha, next(tick), failed=self.rng.random() < 0.1)
+            self.deploy("staging", "main", sha, next(tick))
+        elif self.pipelines % 4 == 0:
+            branch, _env, shas, _kind = self.topics[self.pipelines % len(self.topics)]
+            self.deploy("staging", branch, shas[-1], next(tick))
+        if ref == BRANCH:
+            self.branch_pipelines += 1
+            if self.branch_pipelines - 1 in STAGING_FROM_BRANCH:
+                self.deploy("staging", BRANCH, sha, next(tick))
+            if self.branch_pipelines > N_COMMITS - 10:
+                self.deploy(BENCH_REVIEW, BRANCH, sha, next(tick))
+        for (branch, env, shas, _kind), k in self.queue[:self.per_slot]:
+            sha = shas[min(k * TOPIC_COMMITS // REVIEW_DEPLOYMENTS, TOPIC_COMMITS - 1)]
+            self.deploy(env, branch, sha, next(tick), failed=self.rng.random() < 0.1)
+        del self.queue[:self.per_slot]
+
+    def finish(self) -> dict:
+        """Delete branches and stop environments as said above; return the environments' states."""
+        assert not self.queue, "every review deployment was made"
+        for branch, env, _shas, kind in self.topics:
+            if kind in (0, 1):
+                self.project.delete_branch(branch)  # GitLab stops the "always" ones (kind 0)
+            elif int(branch.split("/")[1]) % 2:
+                self.project.stop_environment(env)
+        states: dict[str, int] = {}
+        for env in self.project.environments.values():
+            states[env.state] = states.get(env.state, 0) + 1
+        return states
 
 
 def seed_branch(stack: Stack, other_tags: int = 0) -> None:
@@ -91,24 +181,30 @@ def seed_branch(stack: Stack, other_tags: int = 0) -> None:
     parallel_by_repo({repo: one(repo, n) for repo, n in zip(REPOS, per_repo)})
 
 
-def setup_emulator(emu) -> dict:
+def setup_emulator(emu, environments: int = 0) -> dict:
     """GitLab's side as a user's GitLab has it, built through the emulator's git and pipeline model:
     main's history (N_MAIN_HISTORY commits, one push pipeline each), then `feature/bench` branched
     off it and pushed one commit at a time (a push pipeline per commit), MR !38 opened before the
     last MR_PIPELINES pushes (each of those also ran a merge request pipeline on
     refs/merge-requests/38/head), merged with a merge commit (main's pipeline on it), main moved on
     to MAIN_SHA (its pipeline) and the branch deleted. Pipelines are created in that order, a
-    few minutes apart, ending an hour ago. Returns the pipelines by ref."""
+    few minutes apart, ending an hour ago. With `environments`, the deployments of that many
+    environments are laid into the same timeline (`Environments`). Returns the pipelines by ref
+    (and the environments by state)."""
     emu.reset()
     project = emu.add_project(PROJECT_ID, PROJECT_PATH, default_branch="main")
     total = N_MAIN_HISTORY + N_COMMITS + MR_PIPELINES + 2
     when = iter(_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(hours=1, minutes=7 * (total - k))
                 for k in range(total))
-    counts: dict[str, int] = {}
+    counts: dict = {}
+    envs = Environments(project, total, environments) if environments else None
 
     def pipeline(sha: str, ref: str, **kw) -> None:
-        project.add_pipeline(sha, ref, created_at=next(when), **kw)
+        at = next(when)
+        project.add_pipeline(sha, ref, created_at=at, **kw)
         counts[ref] = counts.get(ref, 0) + 1
+        if envs is not None:
+            envs.after_pipeline(sha, ref, at)
 
     for sha in MAIN_HISTORY:
         project.push("main", sha)
@@ -127,6 +223,9 @@ def setup_emulator(emu) -> dict:
     project.push("main", MAIN_SHA)
     pipeline(MAIN_SHA, "main")
     project.delete_branch(BRANCH)
+    if envs is not None:
+        counts["environments"] = envs.finish()
+        assert project.get_environment(BENCH_REVIEW).state == "stopped", "GitLab stopped the branch's review app"
     assert [c["id"] for c in mr.commits] == COMMITS, "the merge request's commits are the branch's"
     for name in REPO_NAMES:
         project.add_registry_repository(name)
@@ -151,10 +250,10 @@ def check(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict:
 
 
 def run_tagsweeper(stack: Stack, redis_url: str, mode: str, concurrency: int, warm: bool = False) -> dict:
-    """One cleanup of the branch. `warm`: the pipelines record was already synced (by an earlier job of
-    the project, as in steady operation) before the measured cleanup; otherwise Redis is empty and the
-    cleanup's sync reads the project's whole record."""
-    from workers import cleanup, pipelines
+    """One cleanup of the branch. `warm`: the pipelines and deployments records were already synced (by
+    an earlier job of the project, as in steady operation) before the measured cleanup; otherwise
+    Redis is empty and the cleanup's syncs read the project's whole records."""
+    from workers import cleanup, deployments, pipelines
     from workers.gitlab import GitLab
     from workers.common.settings import Settings
 
@@ -169,6 +268,7 @@ def run_tagsweeper(stack: Stack, redis_url: str, mode: str, concurrency: int, wa
     conn = redis.Redis.from_url(redis_url)
     if warm:
         pipelines.Record(conn, PROJECT_ID).sync(gitlab)
+        deployments.Record(conn, PROJECT_ID).sync(gitlab)
     emu.reset_requests()
     stack.registry.mark()
     request = cleanup.Request(project_id=PROJECT_ID, branch=BRANCH, trigger="merge", mr_iid=MR_IID,
@@ -194,6 +294,10 @@ def run_tagsweeper(stack: Stack, redis_url: str, mode: str, concurrency: int, wa
         "gitlab_requests": len(gl_requests),
         "gitlab_by_endpoint": by_endpoint(gl_requests),
         "pipelines_in_gitlab": sum(len(p.pipelines) for p in emu.projects.values()),
+        "environments_in_gitlab": sum(len(p.environments) for p in emu.projects.values()),
+        "deployments_in_gitlab": sum(len(p.deployments) for p in emu.projects.values()),
+        "kept_by_deployments": sum(1 for d in report.get("decisions", ())
+                                   if d.get("decision") == "kept" and d.get("code") in DEPLOYMENT_CODES),
         "gitlab_deletes": sum(1 for m, p, _ in gl_requests if m == "DELETE"),
         "registry_requests": len(reg_mine),
         "registry_requests_by_gitlab": len(reg_all) - len(reg_mine),
@@ -233,13 +337,15 @@ def trial(kind: str, golden: Path, emu, redis_url: str, n: int) -> dict:
         shutil.rmtree(workdir)
     stack = Stack(workdir, storage_from=golden, emulator=emu)
     try:
-        setup_emulator(emu)
+        counts = setup_emulator(emu, N_ENVIRONMENTS if "-env" in kind else 0)
         if kind == "skopeo":
             result = run_skopeo(stack, OWNED)
         else:
+            base = kind.replace("-env50", "")
             mode, conc = {"registry": ("registry", 4), "api-c4": ("api", 4), "api-c1": ("api", 1),
-                          "api-c4-warm": ("api", 4)}[kind]
-            result = run_tagsweeper(stack, redis_url, mode, conc, warm=kind.endswith("-warm"))
+                          "api-c4-warm": ("api", 4)}[base]
+            result = run_tagsweeper(stack, redis_url, mode, conc, warm=base.endswith("-warm"))
+            result["environments_by_state"] = counts.get("environments", {})
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -247,7 +353,9 @@ def trial(kind: str, golden: Path, emu, redis_url: str, n: int) -> dict:
 
 
 TARGETS = {"api": 1.2, "registry": 2.2}  # requests per deleted tag (api: 1.1 until the pipelines record)
-KINDS = ("registry", "api-c4", "api-c4-warm", "api-c1", "skopeo")
+KINDS = ("registry", "api-c4", "api-c4-warm", "api-c1", "skopeo",
+         "registry-env50", "api-c4-env50", "api-c4-warm-env50")  # -env50: with N_ENVIRONMENTS environments
+DEPLOYMENT_CODES = ("deployed", "deployed_ref", "rollback_target")  # rules.DEPLOYMENT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                     redis.Redis.from_url(server.url).flushall()
                     res = trial(kind, golden, emu, server.url, r)
                     results[kind].append(res)
-                    print(f"round {r + 1} {kind:11s} {res['wall_s']:7.2f} s  "
+                    print(f"round {r + 1} {kind:17s} {res['wall_s']:7.2f} s  "
                           + (f"deleted {res['deleted']}  req/tag {res['requests_per_deleted_tag']:.3f} "
                              f"(gitlab {res['gitlab_requests']}, registry {res['registry_requests']})"
                              if kind != "skopeo" else
@@ -294,13 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [s["wall_s"] / t["wall_s"] for s, t in zip(results["api-c1"], results["api-c4"])]
         summary["api_c1_over_c4"] = {"per_round": ratios, "median": median(ratios)}
         print(f"api mode, 4 at a time vs one at a time: {median(ratios):.1f}x faster")
-    for k in ("api-c4", "api-c4-warm", "api-c1", "registry"):
+    for k in ("api-c4", "api-c4-warm", "api-c1", "registry", "api-c4-env50", "api-c4-warm-env50", "registry-env50"):
         if k in summary:
             last = summary[k]["last"]
             target = TARGETS["api" if k.startswith("api") else "registry"]
-            print(f"{k:11s} requests per deleted tag {last['requests_per_deleted_tag']:.3f} (target <= {target}) "
+            print(f"{k:17s} requests per deleted tag {last['requests_per_deleted_tag']:.3f} (target <= {target}) "
                   f"registry by kind {last['registry_by_kind']}")
-            print(f"{'':11s} GitLab requests by endpoint: {last['gitlab_by_endpoint']}")
+            print(f"{'':17s} GitLab requests by endpoint: {last['gitlab_by_endpoint']}")
     if "skopeo" in summary:
         last = summary["skopeo"]["last"]
         print(f"skopeo destroyed {last['collateral']} tags it should not have: {last['collateral_examples']}")

@@ -291,6 +291,10 @@ _ENDPOINTS = [  # (regex on the path after /api/v4, template); first match wins
     (r"/projects/[^/]+/merge_requests", "/projects/:id/merge_requests"),
     (r"/projects/[^/]+/pipelines/\d+", "/projects/:id/pipelines/:pipeline_id"),
     (r"/projects/[^/]+/pipelines", "/projects/:id/pipelines"),
+    (r"/projects/[^/]+/environments/\d+", "/projects/:id/environments/:environment_id"),
+    (r"/projects/[^/]+/environments", "/projects/:id/environments"),
+    (r"/projects/[^/]+/deployments/\d+", "/projects/:id/deployments/:deployment_id"),
+    (r"/projects/[^/]+/deployments", "/projects/:id/deployments"),
     (r"/projects/[^/]+", "/projects/:id"),
 ]
 _ENDPOINT_RX = [(re.compile(rx), name) for rx, name in _ENDPOINTS]

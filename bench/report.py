@@ -113,6 +113,13 @@ def main() -> int:
             v = s["registry"]["last"]["requests_per_deleted_tag"]
             w(f"| 2 | cleanup, registry mode | HTTP requests per deleted tag | ≤ {targets['registry']} | {v:.3f} | "
               f"{ok(v <= targets['registry'])} |")
+        for k, what in (("api-c4-env50", "api mode, 50 environments, Redis empty (both records read whole)"),
+                        ("api-c4-warm-env50", "api mode, 50 environments, records already synced"),
+                        ("registry-env50", "registry mode, 50 environments")):
+            if k in s:
+                v = s[k]["last"]["requests_per_deleted_tag"]
+                t = targets["api" if k.startswith("api") else "registry"]
+                w(f"| 2 | cleanup, {what} | HTTP requests per deleted tag | ≤ {t} | {v:.3f} | {ok(v <= t)} |")
         if "skopeo_over_registry" in s:
             v = s["skopeo_over_registry"]["median"]
             w(f"| 2 | cleanup, registry mode | speed-up over the skopeo loop | ≥ 3× | {f1(v)}× | {ok(v >= 3)} |")
@@ -272,8 +279,13 @@ def main() -> int:
                   "api-c4": "tagsweeper, api mode, DELETE_CONCURRENCY=4",
                   "api-c4-warm": "tagsweeper, api mode, DELETE_CONCURRENCY=4, record already synced",
                   "api-c1": "tagsweeper, api mode, one at a time",
-                  "skopeo": "`skopeo delete` loop (by digest)"}
-        for k in ("registry", "api-c4", "api-c4-warm", "api-c1", "skopeo"):
+                  "skopeo": "`skopeo delete` loop (by digest)",
+                  "registry-env50": "tagsweeper, registry mode, 50 environments",
+                  "api-c4-env50": "tagsweeper, api mode, DELETE_CONCURRENCY=4, 50 environments",
+                  "api-c4-warm-env50": "tagsweeper, api mode, DELETE_CONCURRENCY=4, 50 environments, records "
+                                       "already synced"}
+        for k in ("registry", "api-c4", "api-c4-warm", "api-c1", "skopeo", "registry-env50", "api-c4-env50",
+                  "api-c4-warm-env50"):
             if k not in s:
                 continue
             last = s[k]["last"]
@@ -292,10 +304,13 @@ def main() -> int:
         if "skopeo" in s:
             w(f"skopeo destroyed: {', '.join('`' + x + '`' for x in s['skopeo']['last']['collateral_examples'])}.")
             w("")
-        cols = [k for k in ("api-c4", "api-c4-warm", "registry") if k in s and "gitlab_by_endpoint" in s[k]["last"]]
+        cols = [k for k in ("api-c4", "api-c4-warm", "registry", "api-c4-env50", "api-c4-warm-env50", "registry-env50")
+                if k in s and "gitlab_by_endpoint" in s[k]["last"]]
         if cols:
             heads = {"api-c4": "api mode, Redis empty", "api-c4-warm": "api mode, record synced",
-                     "registry": "registry mode, Redis empty"}
+                     "registry": "registry mode, Redis empty", "api-c4-env50": "50 environments: api mode, Redis empty",
+                     "api-c4-warm-env50": "50 environments: api mode, records synced",
+                     "registry-env50": "50 environments: registry mode, Redis empty"}
             w("tagsweeper's requests to GitLab by endpoint (one cleanup):")
             w("")
             w("| endpoint | " + " | ".join(heads[k] for k in cols) + " |")
@@ -325,8 +340,38 @@ def main() -> int:
             pipes=by.get("GET /projects/:id/pipelines", 0),
             warm_pipes=warm.get("gitlab_by_endpoint", {}).get("GET /projects/:id/pipelines", 0),
             mrs=by.get("GET /projects/:id/merge_requests", 0),
+            deployment_lookups=deployment_lookups(by),
+            diff=(lambda n: f"{n} request{'s' if n != 1 else ''}")(
+                api.get("gitlab_requests", 0) - warm.get("gitlab_requests", 0)),
             npipelines=api.get("pipelines_in_gitlab", "?")))
         w("")
+        env_api = s.get("api-c4-env50", {}).get("last")
+        if env_api:
+            env_warm = s.get("api-c4-warm-env50", {}).get("last", {})
+            env_reg = s.get("registry-env50", {}).get("last", {})
+            eby, wby = env_api.get("gitlab_by_endpoint", {}), env_warm.get("gitlab_by_endpoint", {})
+            states = env_api.get("environments_by_state", {})
+            lookups = env_api["gitlab_requests"] - env_api["gitlab_deletes"]
+            warm_lookups = env_warm.get("gitlab_requests", 0) - env_warm.get("gitlab_deletes", 0)
+            w(DEPLOY_TEXT.format(
+                n=env_api.get("environments_in_gitlab", "?"), ndeps=f"{env_api.get('deployments_in_gitlab', 0):,}",
+                available=states.get("available", 0), stopped=states.get("stopped", 0),
+                per=f"{env_api['requests_per_deleted_tag']:.3f}",
+                warm_per=f"{env_warm.get('requests_per_deleted_tag', float('nan')):.3f}",
+                reg_per=f"{env_reg.get('requests_per_deleted_tag', float('nan')):.3f}",
+                base_per=f"{api.get('requests_per_deleted_tag', float('nan')):.3f}",
+                base_reg_per=f"{s.get('registry', {}).get('last', {}).get('requests_per_deleted_tag', float('nan')):.3f}",
+                target=targets["api"], reg_target=targets["registry"], deleted=env_api["deleted"],
+                kept=env_api.get("kept_by_deployments", 0),
+                lookups=lookups, warm_lookups=warm_lookups,
+                more=lookups - (api.get("gitlab_requests", 0) - api.get("gitlab_deletes", 0)),
+                warm_more=warm_lookups - (warm.get("gitlab_requests", 0) - warm.get("gitlab_deletes", 0)),
+                envs=eby.get("GET /projects/:id/environments", 0), deps=eby.get("GET /projects/:id/deployments", 0),
+                warm_deps=wby.get("GET /projects/:id/deployments", 0),
+                confirm=max(0, wby.get("GET /projects/:id/deployments", 0) - 1),
+                wall=f"{s['api-c4-env50']['wall_s_median']:.2f}",
+                base_wall=f"{s.get('api-c4', {}).get('wall_s_median', float('nan')):.2f}"))
+            w("")
 
     # -- 3 ----------------------------------------------------------------------------------
     if scale:
@@ -624,6 +669,16 @@ the slowest in {slowest} s, well inside GitLab's {limit} s webhook timeout (1-mi
 it, the test's own processes included).
 """
 
+def deployment_lookups(by: dict) -> str:
+    """What deployment protection asked of GitLab in a cleanup of the project without environments."""
+    deps, envs = by.get("GET /projects/:id/deployments", 0), by.get("GET /projects/:id/environments", 0)
+    text = f"the deployments sync\n({deps} `GET /deployments`)"
+    if envs:
+        return text + f" and the live environments ({envs} `GET /environments`, available and stopping)"
+    return text + (", which finds that the project never deployed, so no environment is listed (see *with\n50 "
+                   "environments* below)")
+
+
 CLEANUP_TEXT = """\
 **Result.** Api mode costs {per} requests per deleted tag (target ≤ {target}; 1.023 before GitLab's
 pipelines record): one GitLab request per tag plus {lookups} look-ups per cleanup ({warm_lookups} when the
@@ -631,12 +686,13 @@ record was already synced). The look-ups: the project; look again (the branch, i
 requests); the pipelines sync ({pipes} requests of 100 pipelines for the project's {npipelines}, read whole
 because Redis was empty; {warm_pipes} when already synced: only what changed); branches and tags; the
 branch's merge requests of every state and all open ones ({mrs} `GET /merge_requests` in all); the merged
-merge request's commits; the registry repositories. No commit needed a `/refs` look-up: every SHA the
-branch built is the merge request's own. Two look-ups grow with the project: the pipelines sync (about
-one request per 100 pipelines the first time, then one for what changed) and the list of open merge
-requests (one request per 100 open). The wall times of the api-mode rows are mostly GitLab's deletion
-work (the emulator's tombstone per tag on distribution 2.8); the two requests of difference between an
-empty Redis and a synced record do not show in them.
+merge request's commits; the registry repositories; deployment protection: {deployment_lookups}.
+No commit needed a `/refs` look-up: every SHA the branch built is the merge request's own. Look-ups
+that grow with the project: the pipelines and deployments syncs (about one request per 100 the first
+time, then one for what changed), the lists of open merge requests and of live environments (one
+request per 100). The wall times of the api-mode rows are mostly GitLab's deletion work (the
+emulator's tombstone per tag on distribution 2.8); the difference between an empty Redis and a
+synced record ({diff}) does not show in them.
 
 Registry mode costs about 2 requests per deleted tag and is {speedup}× faster than the skopeo loop, which
 also deleted `latest` and `v0.9.0` in every repository (it deletes by digest) while tagsweeper destroyed
@@ -653,6 +709,26 @@ that DELETE keeps its new image. On a registry with the OCI delete by tag (GitLa
 per tag. So a tag costs HEAD + PUT, and a repository one DELETE per 500 tags: 2.0 per tag plus the GitLab
 look-ups, one token per repository and the one-off probes (the first tag's refused DELETE by tag, the
 deletes-enabled check, the dummy config blob).
+"""
+
+DEPLOY_TEXT = """\
+**With 50 environments** (the `-env50` rows: deployment protection deciding in a project with
+{n} environments, {available} available and {stopped} stopped, and {ndeps} deployments spread over its
+timeline: `production` deployed from every pipeline of main, `staging` from main, topic branches and five
+early commits of `feature/bench`, the branch's own review app (stopped by GitLab when the branch was
+deleted) and 47 review apps of 25 deployments each; see `Environments` in `bench/cleanup.py`): api mode
+costs {per} requests per deleted tag with Redis empty (target ≤ {target}; {base_per} without
+environments in the same run), {warm_per} with the records already synced, and registry mode {reg_per}
+(≤ {reg_target}; {base_reg_per} without). The same {deleted} tags are deleted ({kept} kept for an
+environment: none of the branch's commits is among a live environment's newest three). The look-ups
+are {lookups} ({more} more than without environments): the live environments are 2 listings whatever
+their number ({envs} `GET /environments`), and the deployments sync reads the project's {ndeps}
+deployments 100 a page when Redis is empty ({deps} `GET /deployments`, the confirmation included). With the
+records synced, {warm_lookups} look-ups ({warm_more} more than without environments): {warm_deps}
+`GET /deployments`, one for what changed and {confirm} to confirm an environment's newest deployments,
+asked only because staging ran commits of the branch beyond the newest deployments the copy holds. No
+request is made per environment or per deleted tag. Wall time {wall} s against {base_wall} s without
+environments (GitLab's deletion work dominates both).
 """
 
 SCALE_TEXT = """\
@@ -719,6 +795,10 @@ CHANGES_TEXT = """\
   benchmark 6 measures the record's cost against the old seeding. The cleanup's api-mode target became
   ≤ 1.2 requests per deleted tag for the added look-ups (the pipelines sync, the branch's merge requests,
   the open merge requests). Benchmarks 1 and 5 were not re-run.
+- Deployment protection (`workers/deployments.py`: a copy of `GET /projects/:id/deployments` in Redis,
+  synced like the pipelines record, and the live environments listed at decision time) costs the
+  cleanup no request per environment or per tag: benchmark 2 measures it in a project with 50
+  environments and 1,309 deployments (`-env50` rows) next to the same cleanup without environments.
 """
 
 

@@ -64,6 +64,7 @@ REAL = [
     ("Push Hook", payload("push_branch_deleted.json")),
     ("Pipeline Hook", payload("pipeline_merge_request.json")),
     ("Pipeline Hook", payload("pipeline_main.json")),
+    ("Deployment Hook", payload("deployment_success.json")),
 ]
 EVENTS = ["Merge Request Hook", "Push Hook", "Pipeline Hook", "Tag Push Hook", "Issue Hook", "Note Hook",
           "Job Hook", "System Hook", "Confidential Issue Hook", "Deployment Hook", "Release Hook"]
@@ -75,7 +76,8 @@ HOT_PATHS = [("object_kind",), ("object_attributes", "action"), ("object_attribu
              ("object_attributes", "last_commit"), ("object_attributes", "source"),
              ("object_attributes", "ref"), ("object_attributes", "sha"), ("object_attributes", "tag"),
              ("object_attributes", "id"), ("ref",), ("after",), ("before",), ("project_id",), ("project",),
-             ("project", "id"), ("project", "path_with_namespace"), ("project", "default_branch")]
+             ("project", "id"), ("project", "path_with_namespace"), ("project", "default_branch"),
+             ("status",), ("deployment_id",), ("environment",), ("commit_url",), ("short_sha",)]
 
 NASTY_NAMES = [
     "../../../api/v4/projects/1", "..", ".", "a/../../b", "%2e%2e%2f", "..%2f..%2f", "refs/heads/../x",
@@ -120,6 +122,7 @@ NAME_FIELDS = {
                            ("project", "path_with_namespace"), ("project", "default_branch")],
     "Push Hook": [("ref",), ("project", "path_with_namespace"), ("project", "default_branch")],
     "Pipeline Hook": [("object_attributes", "ref"), ("project", "path_with_namespace")],
+    "Deployment Hook": [("environment",), ("ref",), ("project", "path_with_namespace")],
 }
 
 
@@ -176,7 +179,7 @@ def mutated_payload(draw) -> tuple[str, dict]:
 
 
 def fresh_event(draw, body: dict) -> None:
-    """Mostly a new event (another MR iid, deleted tip, pipeline SHA), so many deliveries enqueue a
+    """Mostly a new event (another MR iid, deleted tip, pipeline SHA, deployment), so many deliveries enqueue a
     new job instead of being answered "duplicate"."""
     if draw(st.integers(0, 3)) == 0:
         return
@@ -189,6 +192,10 @@ def fresh_event(draw, body: dict) -> None:
             attrs["sha"] = sha
     if isinstance(body.get("before"), str) and len(body["before"]) == 40:
         body["before"] = sha
+    if isinstance(body.get("deployment_id"), int) and isinstance(body.get("commit_url"), str):
+        body["deployment_id"] = draw(st.integers(1, 10**9))
+        body["commit_url"] = body["commit_url"].rsplit("/", 1)[0] + "/" + sha
+        body["short_sha"] = sha[:8]
 
 
 def encode_json(value: object, ascii_only: bool) -> bytes:

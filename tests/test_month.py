@@ -2,15 +2,20 @@
 
 tests/support/month.py generates a month from a seed (a few hundred events: branches, pushes,
 pipelines, merge requests merged all four ways, stacked branches, slug collisions, re-used names,
-releases, a silent bulk delete; deliveries dropped, doubled and late), plays it against the GitLab
-emulator, the real docker-registry and tagsweeper itself (gunicorn over HTTP; the worker as
-`tagsweeper worker --burst` every 1 to 40 events, so cleanups decide late), then runs one
-`tagsweeper sweep`. Its oracle says which pushed tags are live from GitLab's state alone.
+releases, a silent bulk delete; environments: review apps of branches with open merge requests,
+stopped on merge or left running, production deploys from `main` and a rollback, staging deploys
+of feature branches, failed and slow deployments; deliveries dropped, doubled and late, Deployment
+Hooks too), plays it against the GitLab emulator, the real docker-registry and tagsweeper itself
+(gunicorn over HTTP; the worker as `tagsweeper worker --burst` every 1 to 40 events, so cleanups
+decide late; IN_USE_RECHECK a few seconds, so re-checks run in later bursts), then runs one
+`tagsweeper sweep`. Its oracle says which pushed tags are live from GitLab's state alone, deployed
+images included (what live environments run or may roll back to).
 
 1. After every burst and after the sweep, every live tag CI pushed is there at the digest CI
-   pushed last (a deletion followed by a re-push would hide from a check at the end only).
+   pushed last (a deletion followed by a re-push would hide from a check at the end only): no
+   deployed image is ever deleted.
 2. After the sweep, each repository holds exactly the live set: every dead tag gone, nothing extra.
-3. No job failed (or waits for a retry).
+3. No job failed (or waits for a retry; a re-check waiting for its time is no such job).
 
 CI runs three small months. By hand:
 
@@ -37,6 +42,7 @@ from tests.support.month import METHODS, MonthRun, generate, silent
 from tests.support.service import Service
 
 CI_SEEDS = (1, 2, 3)
+RECHECK = "3"  # IN_USE_RECHECK, seconds: a re-check runs in a burst a few events later
 
 
 def _seeds() -> list[int]:
@@ -64,8 +70,15 @@ def test_the_generator_is_deterministic_and_covers_the_month(seed):
         assert seen[f"method:{method}"] >= 1, f"no {method} merge"
     for what in ("stacked_branch", "slug_collision", "reused_name", "release", "bulk_delete",
                  "fate:dropped", "fate:twice", "fate:late", "pipeline:mr", "pipeline:merged_results",
-                 "pipeline:tag"):
+                 "pipeline:tag",
+                 "deploy:review", "deploy:production", "deploy:staging", "deploy:mr_ref", "deploy:later",
+                 "rollback", "review:stopped_on_merge", "review:left_running", "review:auto_stopped",
+                 "stop_env", "stop:stopping"):
         assert seen[what] >= 1, f"no {what}"
+    assert seen["deploy:failed"] + seen["deploy:canceled"] >= 1, "no deployment that did not succeed"
+    hooks = [d for st in script.steps for d in script.deliveries_of(st) if d.hook == "deployment"]
+    assert {"running", "success"} <= {d.what for d in hooks}
+    assert {d.fate for d in hooks} >= {"once", "dropped"}, "Deployment Hooks are lost like the others"
     bulk = [s for s in script.steps if s.kind == "bulk_delete"]
     assert all(len(s.names) >= 4 and not s.deliveries for s in bulk)  # GitLab sends no hook for those
     assert script.bursts and max(script.bursts) < len(script.steps)
@@ -78,7 +91,8 @@ def test_the_generator_is_deterministic_and_covers_the_month(seed):
 @pytest.mark.parametrize("seed", _seeds())
 def test_a_month_converges_to_exactly_the_live_set(seed, gitlab, redis_url, tmp_path):
     script = generate(seed, SCALE)
-    service = Service(tmp_path / "service", redis_url, gitlab.url, gitlab.token, SWEEP_CRON="off").start_web()
+    service = Service(tmp_path / "service", redis_url, gitlab.url, gitlab.token, SWEEP_CRON="off",
+                      IN_USE_RECHECK=RECHECK).start_web()
     month = MonthRun(script, gitlab, service, tmp_path)
     started = time.monotonic()
     try:
@@ -106,7 +120,8 @@ def test_an_empty_redis_and_a_year_of_history_converge_with_the_first_sweep(gitl
     dead branch and the commits it built, and leaves each repository holding exactly the live set."""
     script = silent(generate(11, "ci"))
     assert not script.bursts and all(d.fate == "dropped" for st in script.steps for d in st.deliveries)
-    service = Service(tmp_path / "service", redis_url, gitlab.url, gitlab.token, SWEEP_CRON="off").start_web()
+    service = Service(tmp_path / "service", redis_url, gitlab.url, gitlab.token, SWEEP_CRON="off",
+                      IN_USE_RECHECK=RECHECK).start_web()
     year_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=365)
     month = MonthRun(script, gitlab, service, tmp_path, history_start=year_ago)
     try:

@@ -16,12 +16,25 @@ What it models (everything is decided by one seed, so a failing month can be rep
   Branch names collide by slug (`feature/x` and `feature-x` alive at once) and are re-used
   after a deletion. Releases tag `main`. Once a month somebody deletes 4+ branches in one
   push, which GitLab reports with no Push Hook at all.
-- GitLab's deliveries of all that (Merge Request, Push, Tag Push and Pipeline Hooks, one
-  Pipeline Hook per status change), each with its own Idempotency-Key; about one in ten is
-  never sent, one in ten is sent twice (a "Resend": same key), and a few arrive late.
+- Environments and deployments: a pipeline's deploy job (after its build pushed the image, when
+  it passed) deploys its commit from its ref. `production` (auto_stop_setting "with_action")
+  gets most of `main`'s pipelines and some release tags', and is now and then rolled back
+  (an older deployment's commit deployed again). A branch with an open merge request deploys
+  its review app `review/$CI_COMMIT_REF_SLUG` from its branch pipelines (or merge-request
+  pipelines), each review app one of three kinds: created by its deploy job ("always": GitLab
+  stops it when the branch it last deployed from is deleted), stopped by its stop job when the
+  merge request is merged or closed, or left running after the merge ("with_action") until
+  somebody stops it, sometimes through `stopping`, and perhaps deletes it. `staging` gets a
+  feature branch's pipeline now and then (branches that are deleted later). Some deployments
+  fail or are canceled, some run across several events; old deployments are sometimes deleted.
+  One Deployment Hook per status change (running, then success, failed or canceled).
+- GitLab's deliveries of all that (Merge Request, Push, Tag Push, Pipeline and Deployment
+  Hooks, one Pipeline or Deployment Hook per status change), each with its own
+  Idempotency-Key; about one in ten is never sent, one in ten is sent twice (a "Resend": same
+  key), and a few arrive late.
 - tagsweeper's worker lags: it runs (`tagsweeper worker --burst`) only every 1 to 40 events,
-  so cleanups decide late, after GitLab's state moved on. At the end: one last burst, then
-  one `tagsweeper sweep`.
+  so cleanups decide late, after GitLab's state moved on. Its re-checks (IN_USE_RECHECK, a few
+  seconds here) run in a later burst. At the end: one last burst, then one `tagsweeper sweep`.
 
 `generate(seed, scale)` is pure: it returns the month as a `Script` (steps, worker bursts) and
 makes no call to anything. `MonthRun` plays a script against the GitLab emulator, the real
@@ -55,14 +68,17 @@ from typing import Iterable
 import redis
 import requests
 from rq import Queue
+from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from tests.support.payloads import load_payload
+from tests.support.payloads import deployment_hook_body, load_payload
 
 ZERO = "0" * 40
 METHODS = ("merge", "ff", "squash", "squash_ff")
 REPOSITORIES = ("", "worker")  # the project's root repository and one more
 
+# The default KEEP_DEPLOYMENTS, copied like PROTECTED_TAGS below.
+KEEP_DEPLOYMENTS = 3
 # The default PROTECTED_TAGS, copied (not imported): the oracle shares no code with the product.
 PROTECTED = re.compile(r"latest|stable|v\d+(\.\d+)*([-+][0-9A-Za-z.-]+)?|\d+(\.\d+)+([-+][0-9A-Za-z.-]+)?")
 SHA_SHAPED = re.compile(r"[0-9a-f]{8}|[0-9a-f]{40}")
@@ -74,6 +90,22 @@ def slug(ref: str) -> str:
     return re.sub(r"[^a-z0-9]", "-", ref.lower())[:63].strip("-")
 
 
+def review_environment(branch: str) -> str:
+    """A branch's review app: `environment: review/$CI_COMMIT_REF_SLUG` (branches whose slugs
+    collide share it)."""
+    return f"review/{slug(branch)}"
+
+
+# How a review app is made and stopped:
+# - "auto": created by its first deploy job (auto_stop_setting "always"), deployed from branch
+#   pipelines only; GitLab stops it when the branch it last deployed from is deleted;
+# - "stop": "with_action", deployed from branch or merge-request pipelines; its stop job runs when
+#   the merge request is merged or closed (sometimes through `stopping`);
+# - "keep": "with_action", left running after the merge until somebody stops it.
+REVIEW_POLICIES = ("auto", "stop", "keep")
+RELEASE_ENVIRONMENTS = ("production", "staging")  # created at the start, "with_action"
+
+
 # =====================================================================================
 # The script: what happens in the month, as plain values
 # =====================================================================================
@@ -82,10 +114,27 @@ def slug(ref: str) -> str:
 class Delivery:
     """One webhook delivery GitLab makes, and its fate on the way to tagsweeper."""
 
-    hook: str   # "mr", "push", "tag_push", "pipeline"
-    what: str   # mr: open/merge/close/update; push: create/commits/delete; pipeline: its status
+    hook: str   # "mr", "push", "tag_push", "pipeline", "deployment"
+    what: str   # mr: open/merge/close/update; push: create/commits/delete; pipeline, deployment: its status
     fate: str   # "once", "dropped" (never sent), "twice" (a Resend, same key), "late"
     delay: int = 0  # late: sent this many events later; twice: the resend this many events later
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """The deploy job of a pipeline that passed: the pipeline's commit deployed from the pipeline's
+    ref (a merge-request pipeline's is refs/merge-requests/<iid>/head or /merge) to `environment`.
+
+    policy: how the environment is made and stopped (review apps; see REVIEW_POLICIES), "release"
+    for production and staging (created at the start, "with_action"). status: where the
+    deployment ends (success, failed, canceled). hooks: its Deployment Hooks, "running" first,
+    then the final one, unless `later`: then it stays running until a `deploy_finish` step."""
+
+    environment: str
+    policy: str
+    status: str
+    hooks: tuple[Delivery, ...]
+    later: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +151,7 @@ class PipelineSpec:
     hooks: tuple[Delivery, ...]       # one Pipeline Hook per status change, in order
     iid: int | None = None
     temp_sha: str | None = None
+    deploy: DeploySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +163,12 @@ class Step:
     once) · target_pipeline (iid: the merge whose target head it builds, created late) ·
     close (iid) · delete (branch) · bulk_delete (names, no hook) ·
     release (tag) · hotfix (a push to main: branch, shas) · rebase (branch onto target: the
-    branch re-made as target's head plus `shas`, a force push)."""
+    branch re-made as target's head plus `shas`, a force push) ·
+    deploy_finish (environment: its running deployment ends with `status`) · rollback
+    (environment: the commit of its `back`-th newest successful deployment deployed again, from
+    that deployment's ref) · stop_env (environment, to `state`) · delete_env (environment) ·
+    delete_deployment (environment: its `back`-th newest successful deployment).
+    merge and close: `environment` set is the review app its stop job stops (to `state`)."""
 
     kind: str
     branch: str | None = None
@@ -128,10 +183,14 @@ class Step:
     tag: str | None = None
     pipelines: tuple[PipelineSpec, ...] = ()
     deliveries: tuple[Delivery, ...] = ()
+    environment: str | None = None
+    state: str | None = None
+    status: str | None = None
+    back: int | None = None
 
     def describe(self) -> str:
         bits = [self.kind]
-        for name in ("branch", "parent", "target", "iid", "method", "tag"):
+        for name in ("branch", "parent", "target", "iid", "method", "tag", "environment", "state", "status", "back"):
             value = getattr(self, name)
             if value is not None:
                 bits.append(f"{name}={value}")
@@ -178,6 +237,7 @@ class Script:
         live: dict[str, str] = {}  # branch -> parent
         ever: set[str] = set()
         mrs: dict[int, tuple[str, str]] = {}
+        policy: dict[str, str] = {}  # review app -> its kind, as its deploy jobs say
         for step in self.steps:
             if step.kind == "create":
                 if step.branch in ever:
@@ -199,16 +259,41 @@ class Script:
                     seen["retarget_on_merge"] += 1
                 if step.remove_source:
                     live.pop(step.branch, None)
+                    if policy.get(review_environment(step.branch)) == "keep":
+                        seen["review:left_running"] += 1  # merged and removed, its review app still up
+                    elif policy.get(review_environment(step.branch)) == "auto":
+                        seen["review:auto_stopped"] += 1  # GitLab stops it with the branch
+                if step.environment:
+                    seen["review:stopped_on_merge"] += 1
+                    seen[f"stop:{step.state}"] += 1
             elif step.kind == "delete":
                 live.pop(step.branch, None)
             elif step.kind == "bulk_delete":
                 seen["bulk_delete"] += 1
                 for name in step.names:
                     live.pop(name, None)
-            elif step.kind in ("release", "close", "hotfix", "rebase"):
+            elif step.kind in ("release", "close", "hotfix", "rebase", "rollback", "delete_env",
+                               "delete_deployment"):
                 seen[step.kind] += 1
+            elif step.kind == "stop_env":
+                seen["stop_env"] += 1
+                seen[f"stop:{step.state}"] += 1
+            elif step.kind == "deploy_finish":
+                seen[f"deploy:{step.status}"] += 1
+            if step.kind == "delete_env":
+                policy.pop(step.environment, None)
             for spec in step.pipelines:
                 seen[f"pipeline:{spec.kind}"] += 1
+                d = spec.deploy
+                if d is not None:
+                    kind = d.environment.split("/")[0]
+                    seen[f"deploy:{kind}"] += 1
+                    seen["deploy:later" if d.later else f"deploy:{d.status}"] += 1
+                    if kind == "review":
+                        policy.setdefault(d.environment, d.policy)
+                        seen[f"review:{d.policy}"] += 1
+                        if spec.kind != "branch":
+                            seen["deploy:mr_ref"] += 1
             for d in self.deliveries_of(step):
                 seen[f"fate:{d.fate}"] += 1
         seen["branches"] = len([s for s in self.steps if s.kind == "create"])
@@ -218,7 +303,8 @@ class Script:
 
     @staticmethod
     def deliveries_of(step: Step) -> list[Delivery]:
-        return [*step.deliveries, *(d for spec in step.pipelines for d in spec.hooks)]
+        return [*step.deliveries, *(d for spec in step.pipelines for d in spec.hooks),
+                *(d for spec in step.pipelines if spec.deploy for d in spec.deploy.hooks)]
 
 
 # -------------------------------------------------------------------------------------
@@ -255,6 +341,16 @@ class _MR:
     state: str = "opened"
 
 
+@dataclass
+class _Env:
+    """What the generator knows of an environment (GitLab's own state is read back by the driver)."""
+    policy: str                 # REVIEW_POLICIES, or "release"
+    state: str = "available"
+    last_ref: str | None = None  # the branch its last successful deployment came from (None: another ref)
+    successes: int = 0
+    busy: bool = False           # a deployment is running; a `deploy_finish` step ends it
+
+
 class _Generator:
     """Builds the month step by step from a tiny model of the project (names and states only:
     commit SHAs of merges are GitLab's, the driver reads them back)."""
@@ -272,15 +368,21 @@ class _Generator:
         self.shas: list[str] = []
         self.release_no = 0
         self.deferred: list[tuple[int, int]] = []  # (due step, merge iid): late target pipelines
+        # (due step, kind, environment, status, branch): a deployment that ends late ("finish":
+        # its final status, and the branch it deploys from or ""), a stop that ends late ("stopped").
+        self.env_deferred: list[tuple[int, str, str, str, str]] = []
+        self.envs: dict[str, _Env] = {name: _Env("release") for name in RELEASE_ENVIRONMENTS}
         self.version: Counter = Counter()  # branch name -> how often its head moved (or it was re-created)
         # Coverage made certain rather than likely (every CI seed must show each of these):
         self.methods: list[str] = self.rng.sample(METHODS, len(METHODS))  # dealt first, then random
+        self.policies: list[str] = self.rng.sample(REVIEW_POLICIES, len(REVIEW_POLICIES))  # likewise
         n = scale.events
         self.release_at = sorted(self.rng.sample(range(n // 8, n - 10), scale.releases))
         self.bulk_at = sorted(self.rng.sample(range(n // 3, n - 25), scale.bulk_deletes))
         self.stacked_by = n // 4      # a stacked branch exists by then
         self.collide_by = n // 3      # a slug collision by then
         self.reuse_by = n // 2        # a re-used name by then
+        self.rollback_by = n // 2     # a rollback of production by then
         # In about a third of the months two commits share a short SHA (`:abcd1234` is then both's).
         self.short_clash_at = self.rng.randrange(n // 4, n // 2) if self.chance(0.35) else -1
 
@@ -316,7 +418,137 @@ class _Generator:
         r = self.rng.random()
         changes = (status,) if r < 0.25 else ("running", status) if r < 0.85 else ("pending", "running", status)
         temp = "%040x" % self.rng.getrandbits(160) if kind == "merged_results" else None
-        return PipelineSpec(kind, ref, status, tuple(self.delivery("pipeline", s) for s in changes), iid, temp)
+        deploy = self.deploy_job(kind, ref) if status == "success" else None
+        return PipelineSpec(kind, ref, status, tuple(self.delivery("pipeline", s) for s in changes), iid, temp,
+                            deploy)
+
+    # -- environments ------------------------------------------------------------------------
+    def deploy_job(self, kind: str, ref: str) -> DeploySpec | None:
+        """Whether the pipeline that passed deploys, and where: production for most of main's
+        pipelines and some release tags', a review app for a branch with an open merge request,
+        staging for a feature branch now and then."""
+        policy = "release"
+        if kind == "tag":
+            name = "production" if self.chance(0.3) else None
+        elif ref == "main":
+            name = "production" if kind == "branch" and self.chance(0.6) else None
+        elif ref in self.live and self.chance(0.06):
+            name = "staging"
+        elif ref in self.live and self.live[ref].mr is not None and self.chance(0.55):
+            name = review_environment(ref)
+            env = self.envs.get(name)
+            policy = env.policy if env is not None else \
+                self.policies[-1] if self.policies else self.rng.choice(REVIEW_POLICIES)
+            if policy == "auto" and kind != "branch":
+                return None  # an "always" review app is deployed from its branch's pipelines only
+            if env is None and self.policies:
+                self.policies.pop()
+        else:
+            name = None
+        if name is None or (name in self.envs and self.envs[name].busy):
+            return None  # a running deployment holds the environment (resource_group): no other starts
+        env = self.envs.setdefault(name, _Env(policy))
+        r = self.rng.random()
+        status = "success" if r < 0.82 else "failed" if r < 0.94 else "canceled"
+        later = self.chance(0.15)
+        hooks = (self.delivery("deployment", "running"),)
+        if later:
+            env.busy = True
+            self.env_deferred.append((len(self.steps) + self.rng.randint(1, 6), "finish", name, status,
+                                      ref if kind == "branch" else ""))
+        else:
+            hooks += (self.delivery("deployment", status),)
+            self.deployed(name, status, ref if kind == "branch" else None)
+        return DeploySpec(name, env.policy, status, hooks, later)
+
+    def deployed(self, name: str, status: str, ref: str | None) -> None:
+        env = self.envs[name]
+        env.busy = False
+        if status == "success":
+            env.successes += 1
+            env.last_ref = ref
+            env.state = "available"  # a successful deployment starts a stopped environment again
+
+    def branch_deleted(self, branch: str) -> None:
+        """GitLab stops the "always" environments whose last successful deployment came from it."""
+        for env in self.envs.values():
+            if env.policy == "auto" and env.state == "available" and env.last_ref == branch:
+                env.state = "stopped"
+
+    def stop_on_merge(self, branch: str) -> tuple[str | None, str | None]:
+        """The review app whose stop job runs when `branch`'s merge request is merged or closed."""
+        name = review_environment(branch)
+        env = self.envs.get(name)
+        if env is None or env.policy != "stop" or env.state != "available" or env.busy:
+            return None, None
+        return name, self.stop(name)
+
+    def stop(self, name: str) -> str:
+        state = "stopping" if self.chance(0.3) else "stopped"
+        self.envs[name].state = state
+        if state == "stopping":
+            self.env_deferred.append((len(self.steps) + self.rng.randint(1, 8), "stopped", name, "", ""))
+        return state
+
+    def env_due(self) -> bool:
+        """The environment event due now, if any: a late deployment's end or a late stop."""
+        i = len(self.steps)
+        for item in sorted(self.env_deferred):
+            if item[0] > i:
+                break
+            self.env_deferred.remove(item)
+            _due, what, name, status, branch = item
+            if what == "finish":
+                self.deployed(name, status, branch or None)
+                self.steps.append(Step("deploy_finish", environment=name, status=status,
+                                       deliveries=(self.delivery("deployment", status),)))
+                return True
+            if what == "stopped" and self.envs.get(name) and self.envs[name].state == "stopping":
+                self.envs[name].state = "stopped"
+                self.steps.append(Step("stop_env", environment=name, state="stopped"))
+                return True
+        return False
+
+    def rollback(self) -> None:
+        """Production runs an older release again (GitLab's Rollback: the old deployment's job re-run)."""
+        env = self.envs["production"]
+        back = self.rng.randint(2, min(4, env.successes))
+        status = "success" if self.chance(0.9) else "failed"
+        if status == "success":
+            env.successes += 1
+        self.steps.append(Step("rollback", environment="production", back=back, status=status,
+                               deliveries=(self.delivery("deployment", "running"), self.delivery("deployment", status))))
+
+    def can_roll_back(self) -> bool:
+        env = self.envs["production"]
+        return env.successes >= 2 and not env.busy
+
+    def stoppable(self) -> list[str]:
+        """Review apps left running that somebody may stop."""
+        return [n for n, e in sorted(self.envs.items())
+                if e.policy == "keep" and e.state == "available" and not e.busy]
+
+    def stop_review(self) -> None:
+        name = self.rng.choice(self.stoppable())
+        self.steps.append(Step("stop_env", environment=name, state=self.stop(name)))
+
+    def deletable_envs(self) -> list[str]:
+        return [n for n, e in sorted(self.envs.items())
+                if e.policy != "release" and e.state == "stopped" and not e.busy]
+
+    def delete_env(self) -> None:
+        name = self.rng.choice(self.deletable_envs())
+        del self.envs[name]
+        self.steps.append(Step("delete_env", environment=name))
+
+    def old_deployments(self) -> list[str]:
+        return [n for n in RELEASE_ENVIRONMENTS if self.envs[n].successes >= 5 and not self.envs[n].busy]
+
+    def delete_deployment(self) -> None:
+        """Somebody deletes an old deployment (never the one the environment runs: GitLab refuses)."""
+        name = self.rng.choice(self.old_deployments())
+        self.envs[name].successes -= 1
+        self.steps.append(Step("delete_deployment", environment=name, back=self.rng.randint(2, 5)))
 
     # -- names -------------------------------------------------------------------------
     def fresh_name(self) -> str:
@@ -352,6 +584,10 @@ class _Generator:
             if due:
                 self.deferred.remove(due[0])
                 self.target_pipeline(due[0][1])
+            elif self.env_due():
+                pass
+            elif i >= self.rollback_by and self.can_roll_back() and not self._count("rollback"):
+                self.rollback()
             elif self.release_at and i >= self.release_at[0]:
                 self.release_at.pop(0)
                 self.release()
@@ -376,6 +612,10 @@ class _Generator:
             (1.8 if mergeable else 0.0, self.merge),
             (0.5 if open_mrs else 0.0, self.close),
             (0.7 if self.deletable() else 0.0, self.delete),
+            (0.12 if self.can_roll_back() else 0.0, self.rollback),
+            (0.25 if self.stoppable() else 0.0, self.stop_review),
+            (0.08 if self.deletable_envs() else 0.0, self.delete_env),
+            (0.05 if self.old_deployments() else 0.0, self.delete_deployment),
             (0.1, self.hotfix),
         ]
         total = sum(w for w, _ in options)
@@ -518,6 +758,7 @@ class _Generator:
         if remove:
             del self.live[mr.source]
             self.gone.append(mr.source)
+            self.branch_deleted(mr.source)
             deliveries.append(self.delivery("push", "delete"))
             # GitLab retargets the merge requests that targeted the removed branch to its target.
             retargets = tuple(i for i, m in sorted(self.mrs.items()) if m.state == "opened" and m.target == mr.source)
@@ -531,9 +772,10 @@ class _Generator:
             pipelines = (self.pipeline("branch", mr.target),)
         elif r < 0.95:
             self.deferred.append((len(self.steps) + self.rng.randint(1, 5), iid))
+        stopped, state = self.stop_on_merge(mr.source)
         self.steps.append(Step("merge", branch=mr.source, target=mr.target, iid=iid, method=method,
                                remove_source=remove, retargets=retargets, pipelines=pipelines,
-                               deliveries=tuple(deliveries)))
+                               deliveries=tuple(deliveries), environment=stopped, state=state))
 
     def target_pipeline(self, iid: int) -> None:
         self.steps.append(Step("target_pipeline", iid=iid, target=self.mrs[iid].target,
@@ -543,13 +785,15 @@ class _Generator:
         iid = self.rng.choice([i for i, m in sorted(self.mrs.items()) if m.state == "opened"])
         self.mrs[iid].state = "closed"
         self.live[self.mrs[iid].source].mr = None
+        stopped, state = self.stop_on_merge(self.mrs[iid].source)
         self.steps.append(Step("close", iid=iid, branch=self.mrs[iid].source,
-                               deliveries=(self.delivery("mr", "close"),)))
+                               deliveries=(self.delivery("mr", "close"),), environment=stopped, state=state))
 
     def delete(self) -> None:
         branch = self.rng.choice(self.deletable())
         del self.live[branch]
         self.gone.append(branch)
+        self.branch_deleted(branch)
         self.steps.append(Step("delete", branch=branch, deliveries=(self.delivery("push", "delete"),)))
 
     def bulk_delete(self) -> bool:
@@ -563,6 +807,7 @@ class _Generator:
         for name in names:
             del self.live[name]
             self.gone.append(name)
+            self.branch_deleted(name)
         self.steps.append(Step("bulk_delete", names=names))
         return True
 
@@ -587,8 +832,12 @@ def silent(script: Script) -> Script:
     """The same history with no delivery ever arriving and no worker running: the project as
     tagsweeper finds it on the day it is installed (every project is one)."""
     def quiet(step: Step) -> Step:
-        return replace(step, deliveries=tuple(replace(d, fate="dropped", delay=0) for d in step.deliveries),
-                       pipelines=tuple(replace(p, hooks=tuple(replace(h, fate="dropped", delay=0) for h in p.hooks))
+        def drop(hooks: tuple[Delivery, ...]) -> tuple[Delivery, ...]:
+            return tuple(replace(h, fate="dropped", delay=0) for h in hooks)
+
+        return replace(step, deliveries=drop(step.deliveries),
+                       pipelines=tuple(replace(p, hooks=drop(p.hooks),
+                                               deploy=p.deploy and replace(p.deploy, hooks=drop(p.deploy.hooks)))
                                        for p in step.pipelines))
     return replace(script, steps=tuple(quiet(s) for s in script.steps), bursts=frozenset())
 
@@ -702,6 +951,12 @@ class Payloads:
                 url=f"{self.base}/{self.project.path}/-/merge_requests/{mr.iid}")
         return body
 
+    def deployment(self, dep, status: str) -> dict:
+        """Deployment Hook for the deployment's move to `status` (tests/support/payloads.py builds it
+        as GitLab does, `ref` included)."""
+        with self.project._emu.lock:
+            return deployment_hook_body(self.project, dep, status=status)
+
 
 # =====================================================================================
 # The oracle: which pushed tags must exist, from GitLab's state and what CI pushed
@@ -715,7 +970,13 @@ def live_tags(project) -> dict[str, str]:
     - the SHA or short SHA of a commit that: some pipeline ran on with a live ref (a live branch,
       a live git tag, or refs/merge-requests/<iid>/… of a merge request that is open or whose
       source branch is live); is the head of a live branch or a live git tag's commit; or is the
-      head of a fast-forward-merged merge request (no merge commit, no squash) whose target lives.
+      head of a fast-forward-merged merge request (no merge commit, no squash) whose target lives;
+    - deployed: for every environment that is available or stopping, the SHA and short SHA of
+      the commits of its newest KEEP_DEPLOYMENTS successful deployments (newest: highest id;
+      whatever ref they came from, live or not), and the slug of the ref of its newest one (of
+      a merge request's refs/merge-requests/<iid>/…, its source branch's: that pipeline's
+      $CI_COMMIT_REF_SLUG). Failed, canceled and running deployments count for nothing, and a
+      stopped environment keeps nothing.
     PROTECTED_TAGS names are live too; `is_live` checks those."""
     lock = project._emu.lock if project._emu is not None else None
     with lock:
@@ -724,6 +985,9 @@ def live_tags(project) -> dict[str, str]:
         mrs = {mr.iid: (mr.state, mr.source_branch, mr.target_branch, mr.merge_commit_sha, mr.squash, mr.sha)
                for mr in project.merge_requests.values()}
         pipelines = [(pl.id, pl.ref, pl.sha, pl.tag) for pl in project.pipelines.values()]
+        environments = [(env.name, env.state, sorted(((d.id, d.sha, d.ref) for d in env.deployments
+                                                      if d.status == "success"), reverse=True))
+                        for env in project.environments.values()]
     names: dict[str, str] = {}
     for b in sorted(branches):
         names.setdefault(slug(b), f"slug of live branch {b!r}")
@@ -752,6 +1016,17 @@ def live_tags(project) -> dict[str, str]:
     for iid, (state, _source, target, merge_sha, squash, head) in sorted(mrs.items()):
         if state == "merged" and merge_sha is None and not squash and head and target in branches:
             commits.setdefault(head, f"head of !{iid}, fast-forward merged into live {target!r}")
+    for env, state, done in sorted(environments):
+        if state not in ("available", "stopping") or not done:
+            continue
+        for n, (deployment, sha, _ref) in enumerate(done[:KEEP_DEPLOYMENTS], 1):
+            commits.setdefault(sha, f"deployed to {state} environment {env!r} (deployment #{deployment}, "
+                                    f"newest but {n - 1})")
+        deployment, _sha, ref = done[0]
+        m = re.fullmatch(r"refs/merge-requests/(\d+)/(head|merge|train)", ref)
+        branch = mrs[int(m.group(1))][1] if m else ref
+        names.setdefault(slug(branch), f"slug of {branch!r}, whose deployment #{deployment} {state} environment "
+                                       f"{env!r} runs")
     for sha, why in commits.items():
         names.setdefault(sha, why)
         names.setdefault(sha[:8], f"short SHA of {sha[:12]}…: {why}")
@@ -835,6 +1110,7 @@ class MonthRun:
         self.sent = Counter()
         self.merges: dict[int, dict] = {}
         self.branches = {"main"}  # what the script says exists; held against the emulator each step
+        self.running: dict[str, int] = {}  # environment -> its deployment still running
         self.violations: list[Violation] = []
         self.bursts = 0
         self.burst_seconds: list[float] = []
@@ -860,6 +1136,8 @@ class MonthRun:
         self.log(f"month seed={self.seed} scale={self.script.scale} project={self.project.id} "
                  f"{self.project.path} repositories={self.repos}")
         self.log(f"main starts at {self.project.branches['main']}")
+        for name in RELEASE_ENVIRONMENTS:  # configured in .gitlab-ci.yml with a stop action
+            self.project.add_environment(name, tier=name, auto_stop_setting="with_action")
         for i, step in enumerate(self.script.steps):
             self.step = i
             self.log(f"[{i:04d}] {step.describe()}")
@@ -927,6 +1205,7 @@ class MonthRun:
         mr = self.project.merge_requests[step.iid]
         head, source_head = mr.sha, self.head(step.branch)
         commits = [c["id"][:8] for c in mr.commits]
+        states = self.env_states()
         self.project.merge(step.iid, step.method, remove_source_branch=step.remove_source)
         target_head = self.head(step.target)
         self.merges[step.iid] = {"method": step.method, "head": head, "target": step.target,
@@ -953,6 +1232,8 @@ class MonthRun:
                 self.deliver(next(deliveries), "Merge Request Hook",
                              self.payloads.merge_request(cmr, "update", previous_target=step.branch),
                              f"mr update !{child}")
+        self.log_stopped_by_gitlab(states)
+        self.stop_review(step)
         self.pipelines(step, target_head)
 
     def do_target_pipeline(self, step: Step) -> None:
@@ -962,20 +1243,24 @@ class MonthRun:
         mr = self.project.close(step.iid)
         self.deliver(step.deliveries[0], "Merge Request Hook", self.payloads.merge_request(mr, "close"),
                      f"mr close !{step.iid}")
+        self.stop_review(step)
 
     def do_delete(self, step: Step) -> None:
-        before = self.head(step.branch)
+        before, states = self.head(step.branch), self.env_states()
         self.project.delete_branch(step.branch)
         self.branches.discard(step.branch)
         self.log(f"       {step.branch} deleted (was at {before})")
+        self.log_stopped_by_gitlab(states)
         self.deliver(step.deliveries[0], "Push Hook",
                      self.payloads.push(f"refs/heads/{step.branch}", before, ZERO), f"push delete {step.branch}")
 
     def do_bulk_delete(self, step: Step) -> None:
+        states = self.env_states()
         for name in step.names:
             self.log(f"       {name} deleted (was at {self.head(name)}); no Push Hook")
             self.project.delete_branch(name)
             self.branches.discard(name)
+        self.log_stopped_by_gitlab(states)
 
     def do_release(self, step: Step) -> None:
         sha = self.head("main")
@@ -984,6 +1269,97 @@ class MonthRun:
         self.deliver(step.deliveries[0], "Tag Push Hook",
                      self.payloads.push(f"refs/tags/{step.tag}", ZERO, sha, kind="tag_push"), f"tag push {step.tag}")
         self.pipelines(step, sha)
+
+    # -- environments ------------------------------------------------------------------------
+    def environment(self, name: str):
+        """The emulator's environment named `name`, or None."""
+        with self.emu.lock:
+            return next((e for e in self.project.environments.values() if e.name == name), None)
+
+    def env_states(self) -> dict[str, str]:
+        with self.emu.lock:
+            return {e.name: e.state for e in self.project.environments.values()}
+
+    def log_stopped_by_gitlab(self, before: dict[str, str]) -> None:
+        """GitLab stops the "always" environments whose last deployment came from a deleted branch:
+        say which it did (`before`: env_states() before the deletion)."""
+        for name, state in sorted(self.env_states().items()):
+            if before.get(name) == "available" and state == "stopped":
+                self.log(f"       environment {name} stopped by GitLab (its branch was deleted)")
+
+    def successful(self, name: str) -> list:
+        """The environment's successful deployments, newest first."""
+        env = self.environment(name)
+        with self.emu.lock:
+            return sorted((d for d in env.deployments if d.status == "success"), key=lambda d: d.id,
+                          reverse=True) if env is not None else []
+
+    def deploy(self, name: str, ref: str, sha: str, hooks: tuple[Delivery, ...], status: str,
+               setting: str = "always", what: str = "deploy") -> None:
+        """A deploy job: the deployment starts running (its Deployment Hook), then ends with `status`
+        (its hook) unless only the first hook is given: then a `deploy_finish` step ends it."""
+        if self.environment(name) is None and setting == "with_action":
+            self.project.add_environment(name, auto_stop_setting=setting)
+        dep = self.project.deploy(name, ref=ref, sha=sha, status="running", at=self.when())
+        self.log(f"       {what}: deployment #{dep.id} to {name}, {ref} at {sha}, running")
+        self.deliver(hooks[0], "Deployment Hook", self.payloads.deployment(dep, "running"),
+                     f"deployment #{dep.id} running")
+        if len(hooks) == 1:
+            self.running[name] = dep.id
+            return
+        self.finish_deployment(dep.id, status, hooks[1])
+
+    def finish_deployment(self, deployment: int, status: str, hook: Delivery) -> None:
+        dep = self.project.update_deployment(deployment, status, at=self.when())
+        self.log(f"       deployment #{deployment} to {dep.environment.name}: {status}"
+                 f"{' (environment available again)' if status == 'success' else ''}")
+        self.deliver(hook, "Deployment Hook", self.payloads.deployment(dep, status), f"deployment #{deployment} {status}")
+
+    def do_deploy_finish(self, step: Step) -> None:
+        self.finish_deployment(self.running.pop(step.environment), step.status, step.deliveries[0])
+
+    def do_rollback(self, step: Step) -> None:
+        """GitLab's Rollback: the job of an older successful deployment re-run, a new deployment of its commit."""
+        done = self.successful(step.environment)
+        if len(done) < step.back:
+            self.log(f"       no rollback: {step.environment} has {len(done)} successful deployments")
+            return
+        old = done[step.back - 1]
+        self.deploy(step.environment, old.ref, old.sha, step.deliveries, step.status,
+                    what=f"rollback to deployment #{old.id}")
+
+    def stop_review(self, step: Step) -> None:
+        """The stop job of the merge request's review app (merge and close steps)."""
+        if step.environment:
+            self.do_stop_env(step)
+
+    def do_stop_env(self, step: Step) -> None:
+        env = self.environment(step.environment)
+        if env is None or env.state == "stopped" or env.state == step.state:
+            self.log(f"       environment {step.environment} is {env.state if env else 'gone'}: not stopped")
+            return
+        self.project.stop_environment(step.environment, state=step.state, at=self.when())
+        self.log(f"       environment {step.environment} {step.state}")
+
+    def do_delete_env(self, step: Step) -> None:
+        env = self.environment(step.environment)
+        if env is None or env.state != "stopped" or step.environment in self.running:
+            self.log(f"       environment {step.environment} is {env.state if env else 'gone'}: not deleted")
+            return
+        self.project.delete_environment(step.environment)
+        self.log(f"       environment {step.environment} deleted, and its deployments")
+
+    def do_delete_deployment(self, step: Step) -> None:
+        done = self.successful(step.environment)
+        env = self.environment(step.environment)
+        with self.emu.lock:
+            last = env.last_deployment if env is not None else None
+        if len(done) < step.back or done[step.back - 1] is last:
+            self.log(f"       no deployment deleted: {step.environment} has {len(done)} successful deployments")
+            return
+        dep = done[step.back - 1]
+        self.project.delete_deployment(dep.id)
+        self.log(f"       deployment #{dep.id} of {step.environment} ({dep.ref} at {dep.sha}) deleted")
 
     # -- CI ----------------------------------------------------------------------------------
     def pipelines(self, step: Step, sha: str) -> None:
@@ -1022,6 +1398,10 @@ class MonthRun:
                 self.project.update_pipeline(pl.id, d.what, at=self.when())
             self.deliver(d, "Pipeline Hook", self.payloads.pipeline(pl, ref_name=spec.ref, mr=mr),
                          f"pipeline #{pl.id} {d.what}")
+        if spec.deploy is not None:  # its deploy job, from the pipeline's ref (a merge request's own ref too)
+            d = spec.deploy
+            self.deploy(d.environment, pl.ref, pl.sha, d.hooks, d.status,
+                        setting="always" if d.policy == "auto" else "with_action")
 
     def when(self) -> dt.datetime | None:
         """The time of the current step: now, or its slot in the history (see history_start)."""
@@ -1181,13 +1561,19 @@ class MonthRun:
         return sorted(have - want), sorted(want - have)
 
     def jobs_not_done(self) -> dict[str, list[str]]:
-        """Failed jobs, and jobs still waiting for a retry or running (assertion 3)."""
+        """Failed jobs, and jobs still waiting for a retry or running (assertion 3). A re-check
+        (IN_USE_RECHECK) that waits is no such job: a cleanup whose tags environments still used
+        schedules one, and each that finds them still in use schedules the next."""
         conn = redis.Redis.from_url(self.service.redis_url)
         try:
             q = Queue(self.service.env.get("RQ_QUEUE", "tagsweeper"), connection=conn)
+            scheduled = ScheduledJobRegistry(queue=q).get_job_ids()
+            rechecks = [j for j in scheduled if j.startswith("recheck-")  # due later, never run: not a retry
+                        and (job := Job.fetch(j, connection=conn)) is not None and job.started_at is None]
+            self.log(f"re-checks still scheduled at the end: {len(rechecks)}")
             return {name: ids for name, ids in (
                 ("failed", FailedJobRegistry(queue=q).get_job_ids()),
-                ("scheduled (awaiting a retry)", ScheduledJobRegistry(queue=q).get_job_ids()),
+                ("scheduled (awaiting a retry)", [j for j in scheduled if j not in rechecks]),
                 ("started", StartedJobRegistry(queue=q).get_job_ids()),
                 ("queued", q.job_ids)) if ids}
         finally:
