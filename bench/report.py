@@ -674,7 +674,7 @@ def deployment_lookups(by: dict) -> str:
     deps, envs = by.get("GET /projects/:id/deployments", 0), by.get("GET /projects/:id/environments", 0)
     text = f"the deployments sync\n({deps} `GET /deployments`)"
     if envs:
-        return text + f" and the live environments ({envs} `GET /environments`, available and stopping)"
+        return text + f" and the live environments ({envs} `GET /environments`, available, stopping and stopped: production stays live when stopped)"
     return text + (", which finds that the project never deployed, so no environment is listed (see *with\n50 "
                    "environments* below)")
 
