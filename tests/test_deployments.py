@@ -463,3 +463,25 @@ def test_a_deployment_hook_keeps_what_gitlabs_list_does_not_show_yet(gitlab, ser
     wait_for("the review app's images to go", lambda: second not in reg.tags(story.path), service=service)
     service.wait_idle()
     story.assert_gone_exactly({"feature-x", first, first[:8], second, second[:8], head, head[:8]})
+
+
+def test_a_review_app_of_another_branchs_merged_mr_keeps_its_slug(gitlab, service):
+    """Found by the month simulation: review/feat-x runs feat-x's image from a merge-request
+    pipeline (ref refs/merge-requests/1/head), and !1 is merged long since, the review app left
+    running. Cleaning another branch with the same slug (feat/x -> feat-x) must read !1 to know
+    whose slug that deployment runs, and keep `feat-x`."""
+    story = Story(gitlab, service)
+    p = story.project
+    p.add_environment("review/feat-x", auto_stop_setting="with_action")
+    p.add_branch("feat-x", from_branch="main")
+    first = p.push("feat-x")
+    p.add_merge_request(1, "feat-x", "main")
+    story.pipeline(first, "refs/merge-requests/1/head", ["feat-x"], hook=False, mr_source="feat-x")
+    p.deploy("review/feat-x", ref="refs/merge-requests/1/head", sha=first)
+    p.merge(1, "merge", remove_source_branch=True)
+    story.merged(1)
+    story.assert_gone_exactly(set())
+    p.add_branch("feat/x", from_branch="main")
+    report = story.deleted("feat/x")
+    story.assert_gone_exactly(set())
+    assert "review/feat-x" in kept_because(report, "feat-x")

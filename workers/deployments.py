@@ -254,6 +254,7 @@ class Protection:
         self.environments: list[rules.Environment] = []
         self.held: dict[str, tuple[list[rules.Deployment], int]] = {}
         self.asked: set[str] = set()  # environments whose newest GitLab was asked for
+        self.merge_requests: dict[int, rules.MergeRequest] = {}  # read for deployments' refs
         self.read = 0
         self.requests = 0  # requests `confirm` made
 
@@ -271,7 +272,17 @@ class Protection:
         return self
 
     def in_use(self, merge_requests: dict[int, rules.MergeRequest] | None = None) -> rules.InUse:
-        return rules.in_use(self.environments, self.keep, merge_requests)
+        """What the live environments keep. A deployment from a merge-request pipeline ran its
+        source branch's images: the merge requests its ref names that the caller did not know
+        (another branch's, long merged) are read from GitLab, up to 100 per request. Raises GitLabError."""
+        known = {**self.merge_requests, **(merge_requests or {})}
+        wanted = {rules.merge_request_of_ref(d.ref) for env in self.environments for d in env.deployments
+                  if d.ref} - {None} - set(known)
+        if wanted:
+            for item in self.gitlab.merge_requests_by_iid(self.pid, sorted(wanted)):
+                mr = rules.MergeRequest.from_api(item, self.pid)
+                self.merge_requests[mr.iid] = known[mr.iid] = mr
+        return rules.in_use(self.environments, self.keep, known)
 
     def confirm(self, shas: Iterable[str]) -> bool:
         """Ask GitLab for the newest successful deployments of every live environment a commit

@@ -309,7 +309,8 @@ def deployed_branch(ref: str, merge_requests: Mapping[int, MergeRequest]) -> str
     source branch's there)."""
     iid = merge_request_of_ref(ref)
     mr = merge_requests.get(iid) if iid is not None else None
-    return mr.source_branch if mr is not None and mr.own and mr.source_branch else ref
+    # A fork's merge request pipeline run here pushed here too, under its source branch's slug.
+    return mr.source_branch if mr is not None and mr.source_branch else ref
 
 
 def in_use(environments: Iterable[Environment], keep: int,
