@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Union
 
 from hooks import signing
@@ -79,6 +79,11 @@ def _digest(*parts: Any) -> str:
     """First 20 hex of sha256 over a canonical JSON list: stable across processes and versions."""
     canonical = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+
+
+def _job_kwargs(decision: Any) -> dict[str, Any]:
+    """A hint's job arguments: its fields, every one of them plain and JSON-able."""
+    return {f.name: getattr(decision, f.name) for f in fields(decision)}
 
 
 @dataclass(frozen=True)
@@ -152,14 +157,7 @@ class RecordPipeline:
     trigger = "pipeline"
 
     def job_kwargs(self) -> dict[str, Any]:
-        return {
-            "project_id": self.project_id,
-            "ref": self.ref,
-            "sha": self.sha,
-            "tag": self.tag,
-            "pipeline_id": self.pipeline_id,
-            "delivery": self.delivery,
-        }
+        return _job_kwargs(self)
 
     def job_id(self) -> str:
         # One pipeline fires a hook per status change: all of them map to one job.
@@ -194,14 +192,7 @@ class RecordDeployment:
     trigger = "deployment"
 
     def job_kwargs(self) -> dict[str, Any]:
-        return {
-            "project_id": self.project_id,
-            "deployment_id": self.deployment_id,
-            "environment": self.environment,
-            "sha": self.sha,
-            "status": self.status,
-            "delivery": self.delivery,
-        }
+        return _job_kwargs(self)
 
     def job_id(self) -> str:
         # A re-sent delivery, or a project and a group hook for the same change: one job.
