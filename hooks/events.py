@@ -151,6 +151,7 @@ class RecordPipeline:
     tag: bool = False
     pipeline_id: int | None = None
     delivery: str | None = None
+    status: str | None = None  # object_attributes.status; a success may schedule a retention pass
 
     name = "record_pipeline"
     func = RECORD_PIPELINE
@@ -160,9 +161,10 @@ class RecordPipeline:
         return _job_kwargs(self)
 
     def job_id(self) -> str:
-        # One pipeline fires a hook per status change: all of them map to one job.
+        # One pipeline fires a hook per status change: all of them map to one job, but for its
+        # success, which has a job of its own (it may schedule the branch's retention pass).
         h = _digest(self.project_id, self.ref, self.sha, self.tag)
-        return f"pipeline-{self.project_id}-{h}"
+        return f"pipeline-{self.project_id}-{h}" + ("-success" if self.status == "success" else "")
 
     def describe(self) -> str:
         kind = "tag" if self.tag else "ref"
@@ -452,13 +454,24 @@ def pipeline_decision(payload: Mapping[str, Any], delivery: str | None) -> Decis
     pipeline_id = attrs.get("id")
     if not _is_int(pipeline_id):
         pipeline_id = None
+    status = attrs.get("status")
+    if status is not None and not isinstance(status, str):
+        raise BadRequest("object_attributes.status is not a string")
+    if status not in PIPELINE_STATUSES:
+        status = None  # a status newer than this code: recorded all the same, it schedules nothing
     project = _object(payload, "project")
     project_id = _positive_int(project, "id", "project.id")
     # Recorded for the project the pipeline ran in: its CI_REGISTRY_IMAGE is that project's,
     # even for a fork's merge request run in the parent project.
     return RecordPipeline(
-        project_id=project_id, ref=ref, sha=sha, tag=tag, pipeline_id=pipeline_id, delivery=delivery
+        project_id=project_id, ref=ref, sha=sha, tag=tag, pipeline_id=pipeline_id, delivery=delivery, status=status
     )
+
+
+# Ci::Pipeline's statuses (HasStatus::AVAILABLE_STATUSES), what a Pipeline Hook's status can be.
+PIPELINE_STATUSES = frozenset({"created", "waiting_for_resource", "preparing", "waiting_for_callback", "pending",
+                               "running", "success", "failed", "canceled", "canceling", "skipped", "manual",
+                               "scheduled"})
 
 
 # Deployment statuses GitLab sends a hook for; only a success can keep an image.

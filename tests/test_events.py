@@ -107,7 +107,8 @@ EXAMPLES = [
         "pipeline_main.json",
         RecordPipeline,
         "workers.jobs.record_pipeline",
-        {"project_id": 4711, "ref": "main", "sha": MERGE_SHA, "tag": False, "pipeline_id": 90211, "delivery": KEY},
+        {"project_id": 4711, "ref": "main", "sha": MERGE_SHA, "tag": False, "pipeline_id": 90211, "delivery": KEY,
+         "status": "success"},
     ),
     (
         "pipeline_merge_request.json",
@@ -120,6 +121,7 @@ EXAMPLES = [
             "tag": False,
             "pipeline_id": 90211,
             "delivery": KEY,
+            "status": "success",
         },
     ),
     (
@@ -154,7 +156,7 @@ def test_job_ids_have_the_documented_shape():
     pipeline = deliver("pipeline_main.json")
     assert re.fullmatch(r"cleanup-4711-merge-[0-9a-f]{20}", merge.job_id())
     assert re.fullmatch(r"cleanup-4711-branch_deleted-[0-9a-f]{20}", deleted.job_id())
-    assert re.fullmatch(r"pipeline-4711-[0-9a-f]{20}", pipeline.job_id())
+    assert re.fullmatch(r"pipeline-4711-[0-9a-f]{20}-success", pipeline.job_id())  # its success: a job of its own
     assert merge.job_id() != deleted.job_id()
 
 
@@ -332,16 +334,31 @@ def test_pipeline_on_a_tag():
     decision = deliver(payload, "Pipeline Hook")
     assert decision.job_kwargs() == {
         "project_id": 4711, "ref": "v1.2.3", "sha": MERGE_SHA, "tag": True, "pipeline_id": 90211, "delivery": KEY,
+        "status": "success",
     }
     assert decision.job_id() != deliver("pipeline_main.json").job_id()
 
 
-def test_pipeline_status_changes_share_one_job_id():
-    ids = {
-        deliver(changed("pipeline_main.json", ("object_attributes.status", status)), "Pipeline Hook").job_id()
-        for status in ("created", "pending", "running", "success")
-    }
+def test_pipeline_status_changes_share_one_job_id_and_its_success_has_its_own():
+    def job_id(status):
+        return deliver(changed("pipeline_main.json", ("object_attributes.status", status)), "Pipeline Hook").job_id()
+
+    ids = {job_id(status) for status in ("created", "pending", "running", "failed", "canceled")}
     assert len(ids) == 1
+    # The success may schedule the branch's retention pass: its job is not the earlier statuses' duplicate.
+    assert job_id("success") == ids.pop() + "-success"
+
+
+@pytest.mark.parametrize("status, passed", [("success", "success"), ("running", "running"),
+                                            ("some_new_status", None), (None, None)])
+def test_a_pipeline_status_is_passed_on_when_gitlab_defines_it(status, passed):
+    payload = changed("pipeline_main.json", ("object_attributes.status", status if status else DELETE))
+    assert deliver(payload, "Pipeline Hook").job_kwargs()["status"] == passed
+
+
+def test_a_pipeline_status_that_is_not_a_string_is_refused():
+    with pytest.raises(BadRequest, match="object_attributes.status is not a string"):
+        deliver(changed("pipeline_main.json", ("object_attributes.status", 7)), "Pipeline Hook")
 
 
 def test_fork_merge_request_pipeline_is_recorded_for_the_project_it_ran_in():

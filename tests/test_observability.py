@@ -251,7 +251,8 @@ def test_every_kept_reason_of_the_rules_has_a_kind():
 REASON_KIND_LABELS = {"owned", "absent", "transient", "error", "protected", "invalid_tag", "default_branch",
                       "live_branch", "live_head", "git_tag", "fast_forward", "open_mr", "sha_like", "other_ref",
                       "gitlab_403", "changed", "other", "skipped",
-                      "deployed"}  # added with deployment protection: a live environment runs it or may roll back to it
+                      "deployed",  # added with deployment protection: a live environment runs it or may roll back to it
+                      "superseded", "retention"}  # added with retention: retired, or kept by KEEP_COMMITS' own rules
 
 
 @pytest.mark.parametrize("code", sorted(rules.REASON_CODES))

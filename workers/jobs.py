@@ -13,7 +13,7 @@ from typing import Iterator
 import redis
 from rq import Queue, get_current_job
 
-from workers import cleanup, deployments, history, rules, sweep
+from workers import cleanup, deployments, history, retention, rules, sweep
 from workers.common import errors, metrics, queue
 from workers.common.settings import ConfigError, Settings
 from workers.gitlab import GitLab
@@ -66,20 +66,42 @@ def _recheck(conn: redis.Redis, settings: Settings, report: dict, kwargs: dict) 
 
 @metrics.observed("record_pipeline")
 def record_pipeline(*, project_id: int, ref: str, sha: str, tag: bool = False,
-                    pipeline_id: int | None = None, delivery: str | None = None) -> dict:
-    """Remember that a pipeline built `sha` on `ref`, so SHA tags can be attributed later."""
+                    pipeline_id: int | None = None, delivery: str | None = None, status: str | None = None) -> dict:
+    """Remember that a pipeline built `sha` on `ref`, so SHA tags can be attributed later. A
+    successful branch pipeline schedules the branch's retention pass when KEEP_COMMITS is set."""
     settings = Settings.from_env()
     if not rules.is_sha(sha):
         raise ValueError(f"sha must be 40 lower-case hex characters, got {sha!r}")
     rules.check_branch_name(ref)
+    result = {"project_id": project_id, "ref": ref, "sha": sha, "tag": bool(tag), "pipeline_id": pipeline_id,
+              "status": status}
     conn = redis.Redis.from_url(settings.redis_url)
     try:
         sweep.remember_project(conn, int(project_id))
         history.record(conn, project_id=int(project_id), ref=ref, sha=sha, tag=bool(tag),
                        ttl_days=settings.pipeline_memory_days, cap=settings.pipeline_memory_cap)
+        if status == "success" and not tag and settings.retires(ref):
+            result["retention"], result["retention_job"] = queue.schedule_retention(
+                Queue(settings.queue, connection=conn), project_id=int(project_id), branch=ref,
+                delay=settings.retire_delay, retries=settings.cleanup_retries,
+                intervals=settings.cleanup_retry_intervals, delivery=delivery,
+                description=f"retention pass of project {project_id} branch {ref} (KEEP_COMMITS)")
     finally:
         conn.close()
-    return {"project_id": project_id, "ref": ref, "sha": sha, "tag": bool(tag), "pipeline_id": pipeline_id}
+    return result
+
+
+@metrics.observed("retire_branch", {cleanup.CleanupIncomplete: "incomplete"})
+def retire_branch(*, project_id: int | str, branch: str, dry_run: bool | None = None,
+                  delivery: str | None = None) -> dict:
+    """Retire the commit tags of a live branch that its newest KEEP_COMMITS commits superseded."""
+    settings = Settings.from_env()
+    with _failing_well("retention pass", retention.RetentionError, project_id=project_id, branch=branch):
+        with _clients(settings) as (gitlab, conn):
+            report = retention.run(project_id, gitlab=gitlab, conn=conn, settings=settings, branch=branch,
+                                   dry_run=dry_run, delivery=delivery)
+            _keep_report(None)
+            return report
 
 
 @metrics.observed("record_deployment")
@@ -108,10 +130,27 @@ def sweep_project(*, project: int | str, dry_run: bool | None = None) -> dict:
     with _failing_well("sweep", sweep.SweepError, project_id=project):
         with _clients(settings) as (gitlab, conn):
             try:
-                return sweep.run_project(project, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
+                report = sweep.run_project(project, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
             except sweep.SweepError:
                 sweep.forget_project(conn, project)  # gone from GitLab: stop scheduling it
                 raise
+            if settings.retention and not report.get("skipped"):
+                report["retention"] = _retire_all(report["project_id"], gitlab, conn, settings, dry_run)
+            return report
+
+
+def _retire_all(project_id: int, gitlab: GitLab, conn: redis.Redis, settings: Settings,
+                dry_run: bool | None) -> list[dict]:
+    """After a sweep: a retention pass of every live branch KEEP_COMMITS applies to; per branch
+    what it did (each pass's decisions are in the audit trail, trigger superseded)."""
+    try:
+        result = retention.run(project_id, gitlab=gitlab, conn=conn, settings=settings, dry_run=dry_run)
+    except cleanup.CleanupIncomplete as exc:
+        result = exc.report  # the next sweep, or the branch's next pipeline, finishes it
+    except errors.ServiceError as exc:  # the sweep itself is done: its report stands
+        log.warning("retention after the sweep failed", extra={"project_id": project_id, "error": str(exc)})
+        return [{"error": str(exc)}]
+    return [{"branch": r["branch"], "skipped": r["skipped"], "summary": r["summary"]} for r in result["branches"]]
 
 
 @contextmanager

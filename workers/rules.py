@@ -54,6 +54,9 @@ class Code:
     DEPLOYED = "deployed"                        # the commit a live environment runs
     DEPLOYED_REF = "deployed_ref"                # the branch a live environment runs (its BRANCH_TAGS)
     ROLLBACK_TARGET = "rollback_target"          # one of a live environment's KEEP_DEPLOYMENTS newest
+    NEWEST_COMMITS = "newest_commits"            # retention: among the live branch's newest KEEP_COMMITS
+    NEWEST_SUCCESS = "newest_success"            # retention: the branch's newest commit whose pipeline succeeded
+    TOO_YOUNG = "too_young"                      # retention: first built less than KEEP_COMMITS_MIN_AGE ago
     # Unclear (the sweep keeps and reports them).
     NO_KNOWN_OWNER = "no_known_owner"
     SHORT_SHA_UNRESOLVED = "short_sha_unresolved"
@@ -65,6 +68,7 @@ class Code:
     DEAD_SHORT_SHA = "dead_short_sha"            # every commit of a short SHA was dead refs' only
     BUILT_ON_DEAD = "built_on_dead"              # the commit was built only on dead branches
     ON_NO_REF = "on_no_ref"                      # the commit is on no branch or tag
+    SUPERSEDED = "superseded"                    # retention: older than the live branch's newest KEEP_COMMITS
     # What a deletion found (workers/deletion.py).
     ABSENT = "absent"                            # no such tag in that repository
     CHANGED = "changed"                          # pushed again since the plan saw it
@@ -756,3 +760,114 @@ def _sweep_sha(tag: str, sha: str, facts: CommitFacts, index: SweepIndex, policy
                             "commit")
     return SweepVerdict(tag, "delete", Reason(Code.ON_NO_REF, "commit is on no branch or tag (and no pipeline is "
                                                              "remembered for it)"), "commit")
+
+
+# --- Retention ("retire"): the superseded commit tags of a live branch ----------------------------
+#
+# A live branch's images are in use, but only its newest ones: every pipeline pushes a commit's
+# COMMIT_TAGS, and the older commits' stay for ever. Retention keeps the newest KEEP_COMMITS
+# distinct commits the branch's pipelines built, and its newest commit whose pipeline succeeded;
+# an older commit loses its COMMIT_TAGS unless something else claims it (live_owners: another live
+# ref built it, a git tag points at it, it heads a live branch or an open merge request; what live
+# environments keep; PROTECTED_TAGS) or it was first built less than KEEP_COMMITS_MIN_AGE ago.
+# BRANCH_TAGS are never touched: the branch is alive.
+
+
+@dataclass(frozen=True)
+class Built:
+    """One commit a branch's pipelines built: `order` is its newest pipeline's id there (higher is
+    newer), `first` when its first pipeline (on any ref) was created, unix seconds (None: unknown)."""
+
+    sha: str
+    order: float
+    first: float | None = None
+
+
+@dataclass(frozen=True)
+class RetentionFacts:
+    """What a retention pass knows about one live branch, as plain values.
+
+    built: the commits the branch's pipelines built (every one, newest or not).
+    candidates: the SHAs among them to decide (the rest are known to be retired already); None: all.
+    newest_success: the commit of the branch's newest successful pipeline, None when it has none.
+    now: the time the pass decides at (unix seconds).
+    The rest is Facts' (live_owners): live_branches include the branch itself; other_refs name,
+    per SHA, only live refs other than the branch.
+    """
+
+    branch: str
+    built: tuple[Built, ...]
+    keep: int
+    min_age: float
+    now: float
+    newest_success: str | None = None
+    candidates: frozenset[str] | None = None
+    default_branch: str | None = None
+    live_branches: Mapping[str, str] = field(default_factory=dict)
+    live_tags: Mapping[str, str] = field(default_factory=dict)
+    pinned_shas: Mapping[str, str] = field(default_factory=dict)
+    other_refs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    deployed_shas: Mapping[str, str] = field(default_factory=dict)
+
+
+def newest_built(built: Iterable[Built], keep: int) -> list[Built]:
+    """The `keep` newest of a branch's built commits (newest pipeline first; ties by SHA)."""
+    return sorted(built, key=lambda b: (-b.order, b.sha))[:keep]
+
+
+def retire(facts: RetentionFacts, policy: Policy) -> list[Decision]:
+    """Decide the COMMIT_TAGS of a live branch's built commits: delete only the superseded ones
+    that nothing claims. Returns one Decision per tag name of every candidate commit, and of the
+    kept newest ones (so a report says why they stay)."""
+    check_branch_name(facts.branch)
+    if facts.keep < 1:
+        raise RuleError("KEEP_COMMITS must be at least 1")
+    built = {b.sha: b for b in facts.built if is_sha(b.sha)}
+    newest = newest_built(built.values(), facts.keep)
+    rank = {b.sha: n for n, b in enumerate(newest, 1)}
+    candidates = set(built) if facts.candidates is None else set(facts.candidates) & set(built)
+    candidates |= set(rank)
+
+    # Why each commit of the branch stays on the branch's own account.
+    own: dict[str, Reason] = {}
+    for sha in candidates:
+        b = built[sha]
+        if sha in rank:
+            own[sha] = Reason(Code.NEWEST_COMMITS, f"the {ordinal(rank[sha])} newest of the {facts.keep} commits "
+                                                   f"KEEP_COMMITS keeps on branch {facts.branch!r}")
+        elif sha == facts.newest_success:
+            own[sha] = Reason(Code.NEWEST_SUCCESS, f"the newest commit of branch {facts.branch!r} whose "
+                                                   "pipeline succeeded")
+        elif b.first is None or facts.now - b.first < facts.min_age:
+            own[sha] = Reason(Code.TOO_YOUNG, "first built less than KEEP_COMMITS_MIN_AGE ago"
+                              if b.first is not None else "when it was first built is unknown")
+    if facts.newest_success and facts.newest_success not in own and is_sha(facts.newest_success):
+        own[facts.newest_success] = Reason(Code.NEWEST_SUCCESS, f"the newest commit of branch {facts.branch!r} "
+                                                                "whose pipeline succeeded")
+
+    owners = live_owners(Facts(branch="", shas=frozenset(), default_branch=facts.default_branch,
+                               live_branches=facts.live_branches, live_tags=facts.live_tags,
+                               pinned_shas=facts.pinned_shas, other_refs=facts.other_refs,
+                               deployed_shas=facts.deployed_shas), policy)
+    # A name a kept commit renders stays too: two commits may share a short SHA.
+    kept_names: dict[str, Reason] = {}
+    for sha, why in own.items():
+        for name in commit_tags(sha, policy.commit_templates):
+            kept_names.setdefault(name, why)
+
+    decisions: dict[str, Decision] = {}
+    for sha in sorted(candidates, key=lambda s: (-built[s].order, s)):
+        for name in sorted(commit_tags(sha, policy.commit_templates)):
+            if name in decisions:
+                continue
+            if policy.protected.fullmatch(name):
+                decisions[name] = Decision(name, False, PROTECTED, "commit")
+            elif name in kept_names:
+                decisions[name] = Decision(name, False, kept_names[name], "commit")
+            elif name in owners:
+                decisions[name] = Decision(name, False, owners[name], "commit")
+            else:
+                decisions[name] = Decision(name, True, Reason(
+                    Code.SUPERSEDED, f"superseded: older than the {facts.keep} newest commits of branch "
+                                     f"{facts.branch!r}"), "commit")
+    return list(decisions.values())

@@ -1,6 +1,6 @@
 """The `tagsweeper` command line: its parser and `main()`.
 
-One module per command group: worker, cleanup, sweep, webhook (register and unregister),
+One module per command group: worker, cleanup, sweep, retire, webhook (register and unregister),
 operations (status and replay) and audit. Each adds its parsers with `add_parsers(subparsers)`
 and sets a `handler(args, settings) -> exit status` on each; `command.run` runs the handler
 after reading the settings, and turns failures into a message and an exit status.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from workers.cli import audit, cleanup, command, operations, sweep, webhook, worker
+from workers.cli import audit, cleanup, command, operations, retire, sweep, webhook, worker
 
-COMMAND_GROUPS = (worker, cleanup, sweep, webhook, operations, audit)  # in the order --help lists them
+COMMAND_GROUPS = (worker, cleanup, sweep, retire, webhook, operations, audit)  # in the order --help lists them
 
 DESCRIPTION = (
     "Delete exactly a branch's container image tags from GitLab's registries once its merge request is "

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Any, Callable
 
 import redis
@@ -97,3 +98,26 @@ def quiet_logs(settings: Settings) -> None:
 def answer(args: argparse.Namespace, value: Any, as_text: Callable[[Any], str], **json_options: Any) -> str:
     """A command's answer: JSON with --json, else the text people read."""
     return json.dumps(value, indent=2, **json_options) if args.json else as_text(value)
+
+
+class Terminal:
+    """One self-overwriting progress line on stderr (only used when stderr is a terminal)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.shown = False
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        self.stream.write("\r\x1b[K" + text[:200])
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

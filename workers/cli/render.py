@@ -1,4 +1,4 @@
-"""A cleanup's or a sweep's report as people read it at a terminal (`--json` prints it as it is).
+"""A cleanup's, a sweep's or a retention pass's report as people read it at a terminal (`--json` prints it as it is).
 
 Both are a workers.report.Report's `as_dict()`; a sweep adds what it scanned, and a group
 sweep is a list of project sweeps. They read alike: a head line, the repositories, then
@@ -36,6 +36,27 @@ def group_sweep(result: dict[str, Any]) -> str:
     head = (f"{_dry_run(result)}sweep of group {result['group']}: "
             f"{len(result['projects'])} project(s), {result['failed']} failed")
     return "\n\n".join([head, *(sweep(r) for r in result["projects"])])
+
+
+def retention(result: dict[str, Any]) -> str:
+    """`tagsweeper retire`'s report: one branch's, or a head line and each branch's."""
+    if "branches" not in result:
+        return _retention_branch(result)
+    head = (f"{_dry_run(result)}retention on the live branches of {_project(result)}: "
+            f"{len(result['branches'])} branch(es)")
+    return "\n\n".join([head, *(_retention_branch(r) for r in result["branches"])])
+
+
+def _retention_branch(report: dict[str, Any]) -> str:
+    head = f"{_dry_run(report)}retention pass of branch {report['branch']!r} in {_project(report)} (superseded)"
+    stats = report.get("retention") or {}
+    details = []
+    if stats:
+        details.append(f"  built {stats.get('built', 0)} commits: keeps the newest {stats.get('keep')}, "
+                       f"{stats.get('retired_before', 0)} retired before, {stats.get('candidates', 0)} decided now")
+    if not report.get("skipped") and not stats.get("candidates") and not report["decisions"]:
+        return "\n".join([head, *details, "  summary: nothing to do"])
+    return _report(head, report, CLEANUP_ORDER, *details)
 
 
 def _report(head: str, report: dict[str, Any], order: tuple[str, ...], *details: str) -> str:

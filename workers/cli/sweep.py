@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import redis
 
 from workers import cleanup, sweep
 from workers.cli import render
-from workers.cli.command import CommandError, answer, group, project, quiet_logs
+from workers.cli.command import CommandError, Terminal, answer, group, project, quiet_logs
 from workers.common.settings import Settings
 from workers.common import errors
 from workers.gitlab import GitLab
@@ -36,34 +35,11 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-class _Terminal:
-    """One self-overwriting progress line on stderr (only used when stderr is a terminal)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.shown = False
-        self.last = 0.0
-
-    def __call__(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        self.stream.write("\r\x1b[K" + text[:200])
-        self.stream.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_gitlab()
     if not args.json:
         quiet_logs(settings)
-    terminal = _Terminal(sys.stderr) if sys.stderr.isatty() else None
+    terminal = Terminal(sys.stderr) if sys.stderr.isatty() else None
     gitlab = GitLab.from_settings(settings)
     conn = redis.Redis.from_url(settings.redis_url)
     options = dict(gitlab=gitlab, conn=conn, settings=settings, dry_run=True if args.dry_run else None,

@@ -45,6 +45,13 @@ def deployments(project_id: int) -> str:
     return f"{ROOT}:deployments:{int(project_id)}"
 
 
+def retired(project_id: int, branch: str) -> str:
+    """Set: the commits of a live branch whose COMMIT_TAGS a retention pass deleted (or found gone)
+    everywhere; later passes do not ask about them again (workers.retention)."""
+    digest = hashlib.sha256(branch.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{ROOT}:retired:{int(project_id)}:{digest}"
+
+
 # What Pipeline Hooks named, a hint (workers.history).
 def history_ref(project_id: int, kind: str, ref: str) -> str:
     """Sorted set: the SHAs a ref's pipelines built."""

@@ -49,7 +49,7 @@ class Family:
 
 DELIVERIES = Family("deliveries_total", "counter", "Webhook deliveries answered, by event header and outcome.",
                     ("event", "outcome"))
-CLEANUPS_ENQUEUED = Family("cleanups_enqueued_total", "counter", "Branch cleanups enqueued, by trigger.",
+CLEANUPS_ENQUEUED = Family("cleanups_enqueued_total", "counter", "Branch cleanups (and retention passes: superseded) enqueued, by trigger.",
                            ("trigger",))
 TAGS = Family("tags_total", "counter",
               "Tag decisions of cleanups (one per tag and registry repository), by decision and kind of reason.",
@@ -79,7 +79,7 @@ EVENTS = frozenset({
 })
 DELIVERY_OUTCOMES = frozenset({"enqueued", "duplicate", "ignored", "unauthorized", "too_large", "bad_request",
                                "unavailable"})
-CLEANUP_TRIGGERS = frozenset({"merge", "branch_deleted", "manual"})
+CLEANUP_TRIGGERS = frozenset({"merge", "branch_deleted", "manual", "superseded"})
 
 
 # --- labels --------------------------------------------------------------------------
@@ -140,6 +140,10 @@ REASON_KINDS = {
     "dead_short_sha": "owned",
     "built_on_dead": "owned",
     "on_no_ref": "owned",
+    "superseded": "superseded",
+    "newest_commits": "retention",
+    "newest_success": "retention",
+    "too_young": "retention",
     "absent": "absent",
     "changed": "changed",
     "forbidden": "gitlab_403",
@@ -153,7 +157,7 @@ REASON_KIND_LABELS = frozenset(REASON_KINDS.values()) | {"skipped"}
 def reason_kind(decision: str, code: str | None) -> str:
     """A short word for why a tag went the way it did (from its reason code): bounded, unlike the reason."""
     if decision in ("deleted", "would_delete"):
-        return "owned"
+        return "superseded" if code == "superseded" else "owned"  # retention's, apart from a dead branch's
     if decision in ("absent", "skipped"):
         return decision
     if decision == "failed":

@@ -29,12 +29,15 @@ from rq.exceptions import DuplicateJobError
 from rq.job import JobStatus
 from rq.scripts import save_unique_job
 
+from workers.common import metrics
+
 log = logging.getLogger("tagsweeper.queue")
 
 CLEANUP_BRANCH = "workers.jobs.cleanup_branch"
 RECORD_PIPELINE = "workers.jobs.record_pipeline"
 RECORD_DEPLOYMENT = "workers.jobs.record_deployment"
 SWEEP_PROJECT = "workers.jobs.sweep_project"
+RETIRE_BRANCH = "workers.jobs.retire_branch"
 
 DAY = 86400
 JOB_TIMEOUT = 900
@@ -43,6 +46,10 @@ FAILURE_TTL = 30 * DAY
 PIPELINE_RESULT_TTL = 3600  # the status changes of one pipeline come within the hour
 PIPELINE_RETRY = (3, (10,))
 RECHECK_RESULT_TTL = DAY  # a re-check's report, for the dashboard; its id is never asked for again
+RETIRE_RESULT_TTL = DAY  # a retention pass's report, for the dashboard, until the next pass replaces it
+RETIRE_FAILURE_TTL = 7 * DAY
+# An existing retention job in these states is the branch's pending pass; in any other it is history.
+PENDING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED})
 
 ENQUEUED = "enqueued"
 DUPLICATE = "duplicate"
@@ -89,6 +96,42 @@ def schedule_recheck(queue: Queue, kwargs: Mapping[str, Any], *, project_id: int
     status = enqueue(queue, CLEANUP_BRANCH, job_id, kwargs=kwargs, options=options, description=description,
                      meta={"trigger": "recheck", "delivery": kwargs.get("delivery")})
     return status, job_id
+
+
+def retire_id(project_id: int, branch: str) -> str:
+    """The id of a branch's retention pass: one per branch, so a burst of pipelines makes one."""
+    digest = hashlib.sha256(f"{int(project_id)}\n{branch}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"retire-{int(project_id)}-{digest}"
+
+
+def schedule_retention(queue: Queue, *, project_id: int, branch: str, delay: int, retries: int,
+                       intervals: Sequence[int], delivery: str | None = None,
+                       description: str | None = None) -> tuple[str, str]:
+    """Run a retention pass of `branch` `delay` seconds from now (RETIRE_DELAY), unless one is
+    pending already (queued, scheduled or running): at most one per branch, however many
+    pipelines succeed meanwhile. A finished or failed pass of the branch is history: it makes way.
+    Returns (status, job id); DUPLICATE when one is pending."""
+    job_id = retire_id(project_id, branch)
+    options = Options(result_ttl=RETIRE_RESULT_TTL, failure_ttl=RETIRE_FAILURE_TTL, delay=delay,
+                      retry=(retries, tuple(intervals)) if retries else None)
+    kwargs = {"project_id": int(project_id), "branch": branch, "delivery": delivery}
+    meta = {"trigger": "superseded", "delivery": delivery}
+
+    def count(pipe: Any, status: str) -> None:
+        if status == ENQUEUED:
+            pipe.hincrby(metrics.CLEANUPS_ENQUEUED.key, metrics.cleanup_series("superseded"), 1)
+
+    for _ in range(2):
+        status = enqueue(queue, RETIRE_BRANCH, job_id, kwargs=kwargs, options=options, description=description,
+                         meta=meta, then=count)
+        if status == ENQUEUED:
+            return status, job_id
+        old = queue.fetch_job(job_id)
+        if old is not None and old.get_status(refresh=False) in PENDING:
+            return DUPLICATE, job_id
+        if old is not None:
+            old.delete()  # the last pass, done: a new one takes its id (two racing here make one)
+    return DUPLICATE, job_id
 
 
 def enqueue(queue: Queue, func: str, job_id: str, *, kwargs: Mapping[str, Any], options: Options,

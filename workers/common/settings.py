@@ -48,6 +48,9 @@ DEFAULT_ABANDONED_AFTER = 90  # RQ's default: a 30 s heartbeat plus 60 s of grac
 DEFAULT_KEEP_DEPLOYMENTS = 3
 MAX_KEEP_DEPLOYMENTS = 100  # one page of GitLab's deployments
 DEFAULT_IN_USE_RECHECK = 3600
+# Retention on live branches (workers/retention.py): off unless KEEP_COMMITS is set.
+DEFAULT_KEEP_COMMITS_MIN_AGE = 7 * 86400
+DEFAULT_RETIRE_DELAY = 300  # a burst of pipelines on one branch makes one retention pass
 
 
 # --- the worker's and the commands' settings -----------------------------------------------
@@ -116,6 +119,47 @@ def in_use_recheck(env: Mapping[str, str]) -> int:
     if not raw.isdigit():
         raise ConfigError(f"IN_USE_RECHECK={raw!r}: give a whole number of seconds (0 turns the re-check off)")
     return int(raw)
+
+
+def keep_commits(env: Mapping[str, str]) -> int | None:
+    """KEEP_COMMITS: how many of each live branch's newest built commits keep their commit tags;
+    unset (or empty) turns retention off."""
+    raw = env.get("KEEP_COMMITS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"KEEP_COMMITS={raw!r}: give a whole number of commits, at least 1 "
+                          "(leave it unset to turn retention off)")
+    return int(raw)
+
+
+def keep_commits_branches(env: Mapping[str, str]) -> re.Pattern[str] | None:
+    """KEEP_COMMITS_BRANCHES: a regular expression a branch's whole name must match for retention
+    to touch it; unset: every branch."""
+    raw = env.get("KEEP_COMMITS_BRANCHES", "").strip()
+    if not raw:
+        return None
+    try:
+        return re.compile(raw)
+    except re.error as exc:
+        raise ConfigError(f"KEEP_COMMITS_BRANCHES is not a valid regular expression ({exc}): "
+                          "give one like main|release/.*") from None
+
+
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def keep_commits_min_age(env: Mapping[str, str]) -> int:
+    """KEEP_COMMITS_MIN_AGE: how old a commit's first pipeline must be before retention may retire
+    its tags, in seconds, or with a unit: 7d, 12h, 30m, 2w. Default 7 days; 0 means no minimum."""
+    raw = env.get("KEEP_COMMITS_MIN_AGE", "").strip().lower()
+    if not raw:
+        return DEFAULT_KEEP_COMMITS_MIN_AGE
+    m = re.fullmatch(r"(\d+)\s*([smhdw]?)", raw)
+    if not m:
+        raise ConfigError(f"KEEP_COMMITS_MIN_AGE={raw!r}: give whole seconds, or a number with a unit "
+                          "(s, m, h, d, w) such as 7d")
+    return int(m.group(1)) * _AGE_UNITS[m.group(2)]
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -217,6 +261,21 @@ class Settings:
     cleanup_retry_intervals: tuple[int, ...] = DEFAULT_RETRY_INTERVALS
     # WEBHOOK_SECRET's values: `tagsweeper register` gives GitLab the first one.
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Retention on live branches (workers/retention.py): None is off.
+    keep_commits: int | None = None
+    keep_commits_branches: re.Pattern[str] | None = None  # None: every branch
+    keep_commits_min_age: int = DEFAULT_KEEP_COMMITS_MIN_AGE
+    retire_delay: int = DEFAULT_RETIRE_DELAY
+
+    @property
+    def retention(self) -> bool:
+        """Whether retention on live branches is on (KEEP_COMMITS is set)."""
+        return self.keep_commits is not None
+
+    def retires(self, branch: str) -> bool:
+        """Whether retention applies to `branch` (KEEP_COMMITS set, KEEP_COMMITS_BRANCHES matches)."""
+        return self.retention and (self.keep_commits_branches is None
+                                   or self.keep_commits_branches.fullmatch(branch) is not None)
 
     @property
     def api_url(self) -> str:
@@ -280,6 +339,10 @@ class Settings:
                                        0, "retries"),
             cleanup_retry_intervals=_web_value(parse_intervals, env.get("CLEANUP_RETRY_INTERVALS")),
             webhook_secrets=_secrets(env.get("WEBHOOK_SECRET", "")),
+            keep_commits=keep_commits(env),
+            keep_commits_branches=keep_commits_branches(env),
+            keep_commits_min_age=keep_commits_min_age(env),
+            retire_delay=whole_number(env, "RETIRE_DELAY", DEFAULT_RETIRE_DELAY, minimum=0),
         )
 
 

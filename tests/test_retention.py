@@ -1,0 +1,163 @@
+"""Retention on live branches (KEEP_COMMITS), end to end on the real registry in both deletion modes.
+
+The scenario of the issue: `main` with 30 built commits and KEEP_COMMITS=5. The 25 older commits'
+tags go, except one deployed to `production`, one a git tag points at, one a live feature branch
+forked from and rebuilt, and one younger than KEEP_COMMITS_MIN_AGE; `main`, `latest` and the five
+newest stay. A branch outside KEEP_COMMITS_BRANCHES is untouched, and with KEEP_COMMITS unset
+nothing changes anywhere. Every fact comes from the GitLab emulator over HTTP (pipelines in order,
+deployments, git tags, open merge requests); no Pipeline Hook is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+
+import pytest
+import redis
+
+from tests.support.modes import MODES, settings_for
+from tests.support.story import kept_because, next_project_id
+from workers import retention, rules
+from workers.common import keys
+from workers.common.settings import Settings
+from workers.gitlab import GitLab
+
+pytestmark = pytest.mark.e2e
+
+NOW = dt.datetime.now(dt.timezone.utc)
+DAY = dt.timedelta(days=1)
+
+
+@pytest.fixture
+def client(gitlab):
+    gl = GitLab(gitlab.url, gitlab.token, timeout=5, attempts=2, backoff=0.01)
+    yield gl
+    gl.close()
+
+
+class Main:
+    """A project whose `main` built `count` commits, one a day (the last ones recently), each
+    pipeline pushing `main`, `latest` (main only), `:sha` and `:short_sha` to the real registry."""
+
+    def __init__(self, gitlab, count: int = 30, *, young: int = 0, branch: str = "main"):
+        self.gitlab = gitlab
+        pid = next_project_id()
+        self.project = gitlab.add_project(pid, f"acme/keep-{pid}", default_branch="main")
+        self.project.add_registry_repository("")
+        self.path = self.project.path
+        self.digests: dict[str, str] = {}
+        self.commits: list[str] = []
+        self.build(branch, count, young=young)
+
+    def build(self, branch: str, count: int, *, young: int = 0, extra: tuple[str, ...] = ()) -> list[str]:
+        """`count` commits pushed to `branch` and built, oldest first; the last `young` of them
+        first built within the day, the others 30+ days ago."""
+        if branch not in self.project.branches:
+            self.project.add_branch(branch, from_branch="main")
+        made = []
+        for i in range(count):
+            sha = self.project.push(branch)
+            when = NOW - dt.timedelta(hours=2) if i >= count - young else NOW - (60 - i) * DAY
+            self.pipeline(sha, branch, when, [rules.ref_slug(branch), *(["latest"] if branch == "main" else []),
+                                              *extra])
+            made.append(sha)
+        if branch == "main":
+            self.commits.extend(made)
+        return made
+
+    def pipeline(self, sha: str, ref: str, when, tags) -> None:
+        self.project.add_pipeline(sha, ref, created_at=when)
+        pushed = [*tags, sha, sha[:8]]
+        digest = self.gitlab.registry_client.push_image(self.path, pushed, content=f"{self.path}-{ref}-{sha}")
+        self.digests.update({t: digest for t in pushed})
+
+    def present(self) -> set[str]:
+        return set(self.gitlab.registry_client.tags(self.path))
+
+    def assert_gone_exactly(self, gone: set[str]) -> None:
+        reg = self.gitlab.registry_client
+        present = self.present()
+        assert set(self.digests) - present == gone
+        for tag in present:
+            assert reg.resolve(self.path, tag) == self.digests[tag], f"{tag} moved"
+
+
+def tags_of(*shas: str) -> set[str]:
+    return {t for s in shas for t in (s, s[:8])}
+
+
+def with_retention(settings: Settings, **changes) -> Settings:
+    values = {"keep_commits": 5, "keep_commits_min_age": 7 * 86400, **changes}
+    return dataclasses.replace(settings, **values)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_main_keeps_its_five_newest_and_every_commit_something_else_claims(gitlab, gitlab_stack, redis_url,
+                                                                           client, mode):
+    main = Main(gitlab, 24)
+    c = list(main.commits)
+    # One more, built within the day: too young to retire whatever its rank would say.
+    # (It is not among the five newest: five more commits come after it.)
+    young = main.build("main", 1, young=1)[0]
+    newer = main.build("main", 5)  # days ago, but the newest pipelines of main: the five it keeps
+    deployed, released, forked = c[3], c[7], c[11]
+    main.project.add_environment("production", tier="production")
+    main.project.deploy("production", ref="main", sha=deployed, at=NOW - 20 * DAY)
+    main.project.add_tag("v1.0.0", released)
+    # A live feature branch created at `forked` and rebuilt there: its pipeline pushed that commit's tags.
+    main.project.add_branch("feature/x", sha=forked)
+    main.pipeline(forked, "feature/x", NOW - 10 * DAY, ["feature-x"])
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, mode))
+    conn = redis.Redis.from_url(redis_url)
+
+    before = main.present()
+    dry = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main", dry_run=True)
+    assert main.present() == before  # a dry run deletes nothing
+    assert not conn.exists(keys.retired(main.project.id, "main"))
+
+    report = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    all_main = [*c, young, *newer]
+    assert len(all_main) == 30
+    survivors = {deployed, released, forked, young, *newer}
+    gone = tags_of(*(s for s in all_main if s not in survivors))
+    main.assert_gone_exactly(gone)
+    assert {d["tag"] for d in dry["decisions"] if d["decision"] == "would_delete"} == gone
+    assert report["trigger"] == "superseded" and report["summary"]["deleted"] == len(gone)
+    assert "production" in kept_because(report, deployed)
+    assert "v1.0.0" in kept_because(report, released)
+    assert "feature/x" in kept_because(report, forked)
+    assert "KEEP_COMMITS_MIN_AGE" in kept_because(report, young)
+    assert "newest" in kept_because(report, newer[0][:8])
+
+    # A second pass finds nothing left to do, and asks GitLab little.
+    gitlab.reset_requests()
+    again = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    main.assert_gone_exactly(gone)
+    assert again["summary"]["deleted"] == 0
+    assert len(gitlab.requests) <= 12, gitlab.requests
+    conn.close()
+
+
+def test_unset_keep_commits_changes_nothing_and_a_branch_outside_the_pattern_is_untouched(
+        gitlab, gitlab_stack, redis_url, client):
+    main = Main(gitlab, 12)
+    develop = main.build("develop", 12)
+    settings = settings_for(gitlab, gitlab_stack, redis_url, "api")
+    conn = redis.Redis.from_url(redis_url)
+    assert settings.keep_commits is None
+    with pytest.raises(retention.RetentionError, match="KEEP_COMMITS is not set"):
+        retention.run(main.project.id, gitlab=client, conn=conn, settings=settings)
+    off = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    assert "KEEP_COMMITS is not set" in off["skipped"]
+    main.assert_gone_exactly(set())
+
+    only_main = with_retention(settings, keep_commits_branches=re.compile("main"))
+    result = retention.run(main.project.id, gitlab=client, conn=conn, settings=only_main)
+    assert [r["branch"] for r in result["branches"]] == ["main"]
+    main.assert_gone_exactly(tags_of(*main.commits[:-5]))
+    outside = retention.run(main.project.id, gitlab=client, conn=conn, settings=only_main, branch="develop")
+    assert "KEEP_COMMITS_BRANCHES" in outside["skipped"]
+    assert tags_of(*develop) <= main.present()
+    conn.close()

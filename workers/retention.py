@@ -1,0 +1,296 @@
+"""Retention on live branches (KEEP_COMMITS): retire the commit tags their newer commits superseded.
+
+Merged and deleted branches are cleaned by their events (workers/cleanup.py) and the sweep; a
+branch that lives for ever (`main`, `release/*`) piles up a `:$CI_COMMIT_SHA` and a
+`:$CI_COMMIT_SHORT_SHA` per pipeline. A retention pass of a live branch keeps the COMMIT_TAGS
+of its newest KEEP_COMMITS built commits and of its newest commit whose pipeline succeeded,
+and retires the older ones that nothing else claims (rules.retire). Every fact comes from
+GitLab at decision time, as for any deletion:
+
+- which commits the branch built, in which order, and when each was first built: GitLab's
+  pipelines (workers/pipelines.py `Record`, synced first);
+- the branch's newest successful pipeline: one request;
+- live branches, git tags, open merge requests, what live environments run or may roll back
+  to (workers/deployments.py), the other refs that built each commit.
+
+Off unless KEEP_COMMITS is set; KEEP_COMMITS_BRANCHES narrows it to matching branches. A pass
+runs as the job `workers.jobs.retire_branch` (one scheduled per branch when a Pipeline Hook says
+a pipeline succeeded), for every live branch after a sweep, and by hand (`tagsweeper retire`).
+It takes the branch's cleanup lock, deletes through workers/deletion.py and reports like a
+cleanup (trigger `superseded`).
+
+Cost stays flat as a branch's history grows: a commit whose tags a pass deleted, or found
+gone, in every repository is remembered as retired (keys.retired) and not asked about again;
+only commits something still claims are looked at by the next pass. Project-wide facts are
+read only when some branch has commits left to decide, so a pass with nothing to do costs a
+pipelines sync and little else. A retired commit whose tag is pushed again later is not
+deleted a second time: that errs on the side of keeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable
+
+import redis
+
+from workers import cleanup, deletion, deployments, history, locks, pipelines, rules
+from workers.common import audit, keys, metrics
+from workers.common.settings import Settings
+from workers.gitlab import GitLab, NotFound
+from workers.report import Report
+from workers.rules import Code, Reason
+
+log = logging.getLogger("tagsweeper.retention")
+
+TRIGGER = "superseded"
+
+Progress = Callable[[str], None]
+
+
+class RetentionError(Exception):
+    """A retention pass that cannot run as asked (unknown project, retention off); retrying will not help."""
+
+
+class Retention:
+    """Retention passes of one project's live branches, sharing what GitLab said of the project."""
+
+    def __init__(self, ctx: cleanup.Context, *, delivery: str | None = None):
+        self.ctx = ctx
+        self.gl: GitLab = ctx.gitlab
+        self.settings: Settings = ctx.settings
+        self.delivery = delivery
+        self.record = pipelines.Record(ctx.conn, ctx.pid)
+        self.synced = False
+        self.loaded = False
+        self.live_branches: dict[str, str] | None = None
+        self.live_tags: dict[str, str] = {}
+        self.mrs: dict[int, rules.MergeRequest] = {}
+        self.pinned: dict[str, Reason] = {}
+        self.open_sources: set[str] = set()
+        self.repositories: list[dict] = []
+        self.protection: deployments.Protection | None = None
+
+    # -- GitLab's record ------------------------------------------------------------------------
+    def sync(self) -> None:
+        if not self.synced:
+            self.record.sync(self.gl)
+            self.synced = True
+
+    def heads(self) -> dict[str, str]:
+        """Every live branch (name -> head SHA), read once for the passes of one job or command."""
+        if self.live_branches is None:
+            self.live_branches = self.gl.branch_heads(self.ctx.pid)
+        return self.live_branches
+
+    def load(self) -> None:
+        """What the project-wide rules need, read once: git tags, open merge requests, the
+        registry repositories, what live environments keep."""
+        if self.loaded:
+            return
+        gl, pid = self.gl, self.ctx.pid
+        self.heads()
+        self.live_tags = gl.tag_commits(pid)
+        for item in gl.merge_requests(pid, state="opened"):
+            mr = rules.MergeRequest.from_api(item, pid)
+            self.mrs[mr.iid] = mr
+            if mr.own and mr.source_branch:
+                self.open_sources.add(mr.source_branch)
+            if mr.sha:
+                self.pinned.setdefault(mr.sha, Reason(Code.OPEN_MR_COMMIT,
+                                                      f"commit is the head of open merge request !{mr.iid}"))
+        self.repositories = list(gl.registry_repositories(pid))
+        self.protection = deployments.Protection(gl, self.ctx.conn, pid, self.settings.keep_deployments).load()
+        self.loaded = True
+
+    def branches(self) -> list[str]:
+        """The live branches retention applies to (KEEP_COMMITS_BRANCHES) that ever ran a pipeline."""
+        self.sync()
+        names = sorted(b for b in self.heads() if self.settings.retires(b))
+        pipe = self.ctx.conn.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.record.ref_prefix + name)
+        return [name for name, built in zip(names, pipe.execute()) if built]
+
+    # -- one branch -----------------------------------------------------------------------------
+    def run_branch(self, branch: str, *, by_operator: bool = False) -> dict:
+        """One branch's pass, under its cleanup lock; returns its report. Raises
+        cleanup.CleanupIncomplete (with the report) when some deletions failed transiently."""
+        ctx = self.ctx
+        report = Report(ctx.pid, branch, TRIGGER, ctx.dry_run, self.delivery,
+                        ctx.project.get("path_with_namespace"))
+        trail = audit.attach(report, ctx.conn, self.settings)
+        reason = self.refuse(branch, by_operator)
+        if reason:
+            report.skip(reason)
+            trail.skipped(report)
+            return self.result(report, {})
+        with locks.BranchLock(ctx.conn, ctx.pid, branch, ttl=self.settings.cleanup_lock_ttl):
+            return self._run_locked(branch, report, trail)
+
+    def refuse(self, branch: str, by_operator: bool) -> str | None:
+        """Why a pass of `branch` must not run, or None."""
+        try:
+            rules.check_branch_name(branch)
+        except rules.RuleError as exc:
+            return str(exc)
+        if not self.settings.retention:
+            return "KEEP_COMMITS is not set: retention on live branches is off"
+        if not self.settings.retires(branch):
+            return f"branch {branch!r} does not match KEEP_COMMITS_BRANCHES"
+        project = self.ctx.project
+        if not by_operator and not self.settings.allowed_projects.allows(self.ctx.pid,
+                                                                         project.get("path_with_namespace")):
+            return f"project {project.get('path_with_namespace') or self.ctx.pid} is not allowed by ALLOWED_PROJECTS"
+        return None
+
+    def _run_locked(self, branch: str, report: Report, trail) -> dict:
+        ctx, keep = self.ctx, self.settings.keep_commits
+        self.sync()
+        if branch not in self.heads():  # GitLab's branch list, read in this pass
+
+            report.skip(f"branch {branch!r} does not exist: its cleanup deletes its tags")
+            trail.skipped(report)
+            return self.result(report, {})
+        built = self.record.shas_of([branch])
+        retired_key = keys.retired(ctx.pid, branch)
+        retired = {sha for sha in map(_text, ctx.conn.smembers(retired_key))} if len(built) > keep else set()
+        newest = {b.sha for b in rules.newest_built((rules.Built(s, o) for s, o in built.items()), keep)}
+        candidates = set(built) - retired - newest
+        stats = {"keep": keep, "built": len(built), "retired_before": len(retired & set(built)),
+                 "candidates": len(candidates)}
+        if not candidates:
+            return self.result(report, stats)  # nothing left to decide: no more requests
+
+        self.load()
+        gl, pid = self.gl, ctx.pid
+        asked = candidates | newest
+        success = gl.pipelines_page(pid, {"ref": branch, "status": "success", "order_by": "id", "sort": "desc",
+                                          "per_page": 1, "page": 1})
+        newest_success = next((p.get("sha") for p in success if isinstance(p, dict) and rules.is_sha(p.get("sha"))),
+                              None)
+        firsts = self.record.first_built(asked)
+        facts = rules.RetentionFacts(
+            branch=branch, keep=keep, min_age=self.settings.keep_commits_min_age, now=time.time(),
+            built=tuple(rules.Built(s, built[s], firsts.get(s)) for s in sorted(asked)),
+            newest_success=newest_success, candidates=frozenset(candidates),
+            default_branch=ctx.project.get("default_branch"), live_branches=self.live_branches,
+            live_tags=self.live_tags, pinned_shas=self.pinned, other_refs=self.other_refs(branch, asked),
+            deployed_shas=self.deployed(asked))
+        decisions = rules.retire(facts, self.settings.policy)
+        for d in decisions:
+            if not d.delete:
+                report.add("kept", d.tag, d.reason)
+        doomed = [d for d in decisions if d.delete]
+        report.repositories = [deletion.repo_path(r) for r in self.repositories]
+        if doomed and self.repositories:
+            store = deletion.open_store(self.settings, gl, pid)
+            try:
+                deletion.delete_tags(store, report, self.repositories, doomed, dry_run=ctx.dry_run,
+                                     concurrency=self.settings.delete_concurrency)
+            finally:
+                store.close()
+                metrics.tally().add_requests("registry", store.calls())
+        if not ctx.dry_run:
+            done = self.retired(candidates, decisions, report)
+            if done:
+                ctx.conn.sadd(retired_key, *sorted(done))
+            stats["retired_now"] = len(done)
+        result = self.result(report, stats)
+        cleanup.raise_if_incomplete(report, result, "the retention pass")
+        return result
+
+    def other_refs(self, branch: str, shas: set[str]) -> dict[str, frozenset[str]]:
+        """Per commit (and per commit sharing its short SHA), the live refs other than `branch`
+        whose pipelines built it, as pipeline labels (rules.pipeline_label)."""
+        prefixes = self.record.with_prefix(s[:8] for s in shas)
+        clashes = {c for found in prefixes.values() for c in found} - shas
+        clashes |= history.clashing_shas(self.ctx.conn, project_id=self.ctx.pid, shas=shas)
+        asked = sorted(shas | clashes)
+        built = self.record.refs_of(asked)
+        unknown = {rules.merge_request_of_ref(r) for refs in built.values() for r in refs} - {None} - set(self.mrs)
+        if unknown:
+            for item in self.gl.merge_requests_by_iid(self.ctx.pid, sorted(unknown)):
+                mr = rules.MergeRequest.from_api(item, self.ctx.pid)
+                self.mrs.setdefault(mr.iid, mr)
+        labels = {sha: {rules.pipeline_label(r, self.live_tags, self.mrs) for r in refs} for sha, refs in built.items()}
+        for sha, refs in history.refs_of(self.ctx.conn, project_id=self.ctx.pid, shas=asked).items():
+            labels.setdefault(sha, set()).update(refs)
+        own = f"branch:{branch}"
+        alive = set(self.live_branches) | self.open_sources
+        maybe_tags = {label.split(":", 1)[1] for found in labels.values() for label in found
+                      if label.startswith("branch:") and label != own} - alive
+        maybe_tags -= {mr.source_branch for mr in self.mrs.values() if mr.own}
+        tag_refs = self.record.tag_refs(self.gl, maybe_tags) if maybe_tags else set()
+        out: dict[str, frozenset[str]] = {}
+        for sha, found in labels.items():
+            live = frozenset(l for l in found if l != own and rules.label_is_live(l, alive, tag_refs))
+            if live:
+                out[sha] = live
+        return out
+
+    def deployed(self, shas: set[str]) -> dict[str, str]:
+        """The commits live environments keep, asked again of GitLab where the copy may be short."""
+        self.protection.confirm(shas)
+        return dict(self.protection.in_use(self.mrs).shas)
+
+    def retired(self, candidates: Iterable[str], decisions: list[rules.Decision], report: Report) -> set[str]:
+        """The candidate commits whose every tag is gone from every repository now: each of their
+        names was doomed, and deleted or found absent wherever it was looked for."""
+        doomed = {d.tag for d in decisions if d.delete}
+        outcomes: dict[str, set[str]] = {}
+        for entry in report.decisions:
+            outcomes.setdefault(entry["tag"], set()).add(entry["decision"])
+        gone = {name for name in doomed if outcomes.get(name) and outcomes[name] <= {"deleted", "absent"}}
+        templates = self.settings.policy.commit_templates
+        return {sha for sha in candidates if rules.commit_tags(sha, templates) <= gone}
+
+    def result(self, report: Report, stats: dict) -> dict:
+        out = report.as_dict()
+        out["retention"] = stats
+        return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def run(project: int | str, *, gitlab: GitLab, conn: redis.Redis, settings: Settings, branch: str | None = None,
+        dry_run: bool | None = None, progress: Progress | None = None, by_operator: bool = False,
+        delivery: str | None = None) -> dict:
+    """Retention passes of one project: of `branch`, or of every live branch retention applies to.
+
+    Returns one branch's report, or for every branch {"project_id", "project", "dry_run",
+    "trigger", "branches": [report, ...]}. Raises RetentionError for an unknown project (and,
+    for every branch, when retention is off), cleanup.CleanupIncomplete (with the result) when
+    some deletions failed transiently: the other branches' passes run first."""
+    dry = settings.dry_run if dry_run is None else dry_run
+    ctx = cleanup.Context(gitlab, conn, settings, dry)
+    try:
+        ctx.project = gitlab.project(project)
+    except NotFound:
+        raise RetentionError(f"project {project!r} not found (or GITLAB_TOKEN cannot see it)") from None
+    passes = Retention(ctx, delivery=delivery)
+    if branch is not None:
+        return passes.run_branch(branch, by_operator=by_operator)
+    if not settings.retention:
+        raise RetentionError("KEEP_COMMITS is not set: retention on live branches is off (set it to the "
+                             "number of newest commits each branch keeps)")
+    where = ctx.project.get("path_with_namespace") or ctx.pid
+    result = {"project_id": ctx.pid, "project": ctx.project.get("path_with_namespace"), "dry_run": dry,
+              "trigger": TRIGGER, "branches": []}
+    incomplete = 0
+    names = passes.branches()
+    for number, name in enumerate(names, 1):
+        if progress is not None:
+            progress(f"{where}: branch {name} ({number}/{len(names)})")
+        try:
+            result["branches"].append(passes.run_branch(name, by_operator=by_operator))
+        except cleanup.CleanupIncomplete as exc:
+            result["branches"].append(exc.report)
+            incomplete += 1
+    if incomplete:
+        raise cleanup.CleanupIncomplete(f"{incomplete} branch(es) had tag deletions that failed; the retention "
+                                        "pass is retried and deletes what is left", result)
+    return result
