@@ -20,11 +20,12 @@ It takes the branch's cleanup lock, deletes through workers/deletion.py and repo
 cleanup (trigger `superseded`).
 
 Cost stays flat as a branch's history grows: a commit whose tags a pass deleted, or found
-gone, in every repository is remembered as retired (keys.retired) and not asked about again;
+gone, in every repository is remembered as retired (keys.retired, with the id of its newest
+pipeline on the branch then) and not asked about again unless the branch builds it again;
 only commits something still claims are looked at by the next pass. Project-wide facts are
 read only when some branch has commits left to decide, so a pass with nothing to do costs a
-pipelines sync and little else. A retired commit whose tag is pushed again later is not
-deleted a second time: that errs on the side of keeping.
+pipelines sync and the branch list. A retired commit whose tag another ref's pipeline pushes
+again later is not deleted a second time: that errs on the side of keeping.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ class Retention:
             return self.result(report, {})
         built = self.record.shas_of([branch])
         retired_key = keys.retired(ctx.pid, branch)
-        retired = {sha for sha in map(_text, ctx.conn.smembers(retired_key))} if len(built) > keep else set()
+        # Retired at a pipeline id: a newer pipeline of the branch on that commit pushed its tags again.
+        retired = {_text(sha) for sha, at in ctx.conn.zrange(retired_key, 0, -1, withscores=True)
+                   if built.get(_text(sha), 0) <= at} if len(built) > keep else set()
         newest = {b.sha for b in rules.newest_built((rules.Built(s, o) for s, o in built.items()), keep)}
         candidates = set(built) - retired - newest
         stats = {"keep": keep, "built": len(built), "retired_before": len(retired & set(built)),
@@ -195,7 +198,7 @@ class Retention:
         if not ctx.dry_run:
             done = self.retired(candidates, decisions, report)
             if done:
-                ctx.conn.sadd(retired_key, *sorted(done))
+                ctx.conn.zadd(retired_key, {sha: built[sha] for sha in done})
             stats["retired_now"] = len(done)
         result = self.result(report, stats)
         cleanup.raise_if_incomplete(report, result, "the retention pass")
