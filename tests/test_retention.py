@@ -161,3 +161,31 @@ def test_unset_keep_commits_changes_nothing_and_a_branch_outside_the_pattern_is_
     assert "KEEP_COMMITS_BRANCHES" in outside["skipped"]
     assert tags_of(*develop) <= main.present()
     conn.close()
+
+
+def test_a_retired_commit_the_branch_builds_again_is_decided_again(gitlab, gitlab_stack, redis_url, client):
+    """A branch reset to an old commit and built there: the pipeline pushed its tags again, it is
+    the branch's newest now, and once it is superseded again a pass retires it again."""
+    main = Main(gitlab, 8)
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"), keep_commits=3)
+    conn = redis.Redis.from_url(redis_url)
+    retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    old = main.commits[0]
+    main.assert_gone_exactly(tags_of(*main.commits[:5]))
+
+    # Reset to `old` and built: its tags are back, and it heads the branch (kept, the newest); the
+    # third newest before it is superseded now.
+    main.project.branches["main"] = old
+    main.pipeline(old, "main", NOW - 9 * DAY, ["main", "latest"])
+    report = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    assert tags_of(old) <= main.present()
+    main.assert_gone_exactly(tags_of(*main.commits[1:6]))
+    assert "1st newest" in kept_because(report, old[:8])
+
+    # Three newer commits later it is superseded again: it goes, as it would had it never been retired.
+    newer = main.build("main", 3)
+    main.project.branches["main"] = newer[-1]
+    retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    main.assert_gone_exactly(tags_of(*main.commits[:8]))  # `old` among them, and the two it pushed out
+    assert {"main", "latest"} <= main.present()
+    conn.close()

@@ -833,8 +833,8 @@ def retire(facts: RetentionFacts, policy: Policy) -> list[Decision]:
     for sha in candidates:
         b = built[sha]
         if sha in rank:
-            own[sha] = Reason(Code.NEWEST_COMMITS, f"the {ordinal(rank[sha])} newest of the {facts.keep} commits "
-                                                   f"KEEP_COMMITS keeps on branch {facts.branch!r}")
+            own[sha] = Reason(Code.NEWEST_COMMITS, f"one of the {facts.keep} newest commits of branch "
+                                                   f"{facts.branch!r} (KEEP_COMMITS): the {ordinal(rank[sha])} newest")
         elif sha == facts.newest_success:
             own[sha] = Reason(Code.NEWEST_SUCCESS, f"the newest commit of branch {facts.branch!r} whose "
                                                    "pipeline succeeded")

@@ -2,7 +2,8 @@
 
 Starts the GitLab emulator and a real docker-registry (token auth) on loopback, seeds the
 project of the example deliveries (4711, acme/shop: two registry repositories, images for
-`main`, `latest`, `v1.2.0`, another live branch and the branch `Feature/Checkout-Flow`),
+`main`, `latest`, `v1.2.0`, another live branch and the branch `Feature/Checkout-Flow`, and
+twelve older commits `main` built over the past weeks, for KEEP_COMMITS to retire),
 prints the environment to give `scripts/serve.sh`, and keeps running until Ctrl-C.
 Every two seconds the registry's tags are printed again when they changed.
 """
@@ -10,6 +11,8 @@ Every two seconds the registry's tags are printed again when they changed.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +31,13 @@ def seed(emu: GitLabEmulator) -> list[str]:
     project.branches["feature/other"] = "2" * 40
     project.tags["v1.2.0"] = "3" * 40
     project.add_merge_request(38, FEATURE, "main", state="merged", commits=[LAST], merge_commit_sha=MERGE)
-    # GitLab's record of who built what: the branch's pipeline, then main's on the merge commit.
+    # GitLab's record of who built what: main's older commits, a day apart, weeks ago; the
+    # branch's pipeline; then main's on the merge commit.
+    now = dt.datetime.now(dt.timezone.utc)
+    older = [hashlib.sha1(f"main-{i}".encode()).hexdigest() for i in range(12)]
+    for i, sha in enumerate(older):
+        project.add_commit(sha, on=("main",))
+        project.add_pipeline(sha, "main", created_at=now - dt.timedelta(days=30 - i))
     project.add_pipeline(LAST, FEATURE)
     project.add_pipeline(MERGE, "main")
     repos = []
@@ -38,6 +47,8 @@ def seed(emu: GitLabEmulator) -> list[str]:
         repos.append(repo)
         reg = emu.registry_client
         reg.push_image(repo, ["latest", "feature-checkout-flow", LAST, LAST[:8]], content=f"{repo}-feat")
+        for sha in older:
+            reg.push_image(repo, [sha, sha[:8]], content=f"{repo}-{sha}")
         reg.push_image(repo, ["main", MERGE, MERGE[:8]], content=f"{repo}-main")
         reg.push_image(repo, ["v1.2.0"], content=f"{repo}-rel")
         reg.push_image(repo, ["feature-other"], content=f"{repo}-other")

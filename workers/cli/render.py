@@ -44,6 +44,8 @@ def retention(result: dict[str, Any]) -> str:
         return _retention_branch(result)
     head = (f"{_dry_run(result)}retention on the live branches of {_project(result)}: "
             f"{len(result['branches'])} branch(es)")
+    if not result["branches"]:
+        return f"{head}\n  no live branch that KEEP_COMMITS_BRANCHES matches has run a pipeline: nothing to do"
     return "\n\n".join([head, *(_retention_branch(r) for r in result["branches"])])
 
 
