@@ -189,3 +189,13 @@ def test_a_retired_commit_the_branch_builds_again_is_decided_again(gitlab, gitla
     main.assert_gone_exactly(tags_of(*main.commits[:8]))  # `old` among them, and the two it pushed out
     assert {"main", "latest"} <= main.present()
     conn.close()
+
+
+@pytest.mark.parametrize("project, branch, message", [
+    (True, "main", "project must be a numeric id"), ("  ", "main", "project must be a numeric id"),
+    (7, "x\x00y", "control characters"), (7, "", "non-empty"), (7, "b" * 256, "longer than"),
+])
+def test_bad_arguments_are_refused_before_anything_is_asked(project, branch, message):
+    # No GitLab, no Redis: the arguments alone are refused (a replayed job with bad kwargs fails at once).
+    with pytest.raises(retention.RetentionError, match=message):
+        retention.run(project, gitlab=None, conn=None, settings=Settings(keep_commits=3), branch=branch)

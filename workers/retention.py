@@ -132,10 +132,6 @@ class Retention:
 
     def refuse(self, branch: str, by_operator: bool) -> str | None:
         """Why a pass of `branch` must not run, or None."""
-        try:
-            rules.check_branch_name(branch)
-        except rules.RuleError as exc:
-            return str(exc)
         if not self.settings.retention:
             return "KEEP_COMMITS is not set: retention on live branches is off"
         if not self.settings.retires(branch):
@@ -268,6 +264,14 @@ def run(project: int | str, *, gitlab: GitLab, conn: redis.Redis, settings: Sett
     "trigger", "branches": [report, ...]}. Raises RetentionError for an unknown project (and,
     for every branch, when retention is off), cleanup.CleanupIncomplete (with the result) when
     some deletions failed transiently: the other branches' passes run first."""
+    if isinstance(project, bool) or not isinstance(project, (int, str)) \
+            or (isinstance(project, str) and not project.strip()):
+        raise RetentionError("project must be a numeric id or a path like group/project")
+    if branch is not None:
+        try:
+            rules.check_branch_name(branch)
+        except rules.RuleError as exc:
+            raise RetentionError(str(exc)) from None
     dry = settings.dry_run if dry_run is None else dry_run
     ctx = cleanup.Context(gitlab, conn, settings, dry)
     try:
