@@ -213,6 +213,24 @@ def test_a_git_tag_named_like_a_short_sha_keeps_its_image():
     assert not out[S[2][:8]].delete and out[S[2][:8]].code == Code.GIT_TAG_IMAGE
 
 
+# Found by the retention property: a live environment runs branch `cafebabe` (deleted since, or an
+# open merge request's deleted source), its image is `:cafebabe`, the short SHA of an old commit
+# of main. The cleanup and the sweep claim those branch tags (deployed_refs, open_sources); retire
+# did not take them, and deleted the environment's image.
+@pytest.mark.parametrize("changes, code", [
+    pytest.param(dict(deployed_refs={"cafebabe": Reason(Code.DEPLOYED_REF, "in use by environment production")}),
+                 Code.DEPLOYED_REF, id="the-branch-a-live-environment-runs"),
+    pytest.param(dict(open_sources={"cafebabe": Reason(Code.OPEN_MR_SOURCE, "tag of the source branch 'cafebabe' "
+                                                                            "of an open merge request")}),
+                 Code.OPEN_MR_SOURCE, id="an-open-merge-requests-deleted-source"),
+])
+def test_regression_short_sha_named_like_a_branch_in_use_elsewhere(changes, code):
+    old = "cafebabe" + "1" * 32
+    out = decided(facts(built=(Built(old, 1.0, NOW - 90 * DAY), *HISTORY), **changes))
+    assert out[old].delete
+    assert not out["cafebabe"].delete and out["cafebabe"].code == code
+
+
 def test_candidates_restrict_what_is_decided():
     # The older ones were retired by an earlier pass: only S[5] and the newest are asked about.
     out = decided(facts(candidates=frozenset({S[5]})))
