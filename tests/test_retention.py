@@ -199,3 +199,36 @@ def test_bad_arguments_are_refused_before_anything_is_asked(project, branch, mes
     # No GitLab, no Redis: the arguments alone are refused (a replayed job with bad kwargs fails at once).
     with pytest.raises(retention.RetentionError, match=message):
         retention.run(project, gitlab=None, conn=None, settings=Settings(keep_commits=3), branch=branch)
+
+
+# Found by the retention property (tests/test_retention_property.py): main's old commit cafebabe…'s
+# short SHA tag is the same name as branch `cafebabe`'s image, which production still runs after the
+# branch was deleted (or which an open merge request of the deleted branch still uses). That name
+# is in use: only the old commit's full SHA tag goes.
+CAFE = "cafebabe" + "1" * 32
+
+
+@pytest.mark.parametrize("in_use_by", ["production", "open merge request"])
+def test_a_short_sha_named_like_a_deleted_branch_in_use_stays(gitlab, gitlab_stack, redis_url, client, in_use_by):
+    main = Main(gitlab, 2)
+    main.project.push("main", sha=CAFE)
+    main.pipeline(CAFE, "main", NOW - 50 * DAY, ["main", "latest"])
+    main.commits.append(CAFE)
+    newer = main.build("main", 5)
+    main.project.add_branch("cafebabe", from_branch="main")
+    head = main.project.push("cafebabe")
+    main.pipeline(head, "cafebabe", NOW - 3 * DAY, ["cafebabe"])     # :cafebabe is that branch's image now
+    if in_use_by == "production":
+        main.project.deploy("production", ref="cafebabe", sha=head, at=NOW - 2 * DAY)
+    else:
+        main.project.add_merge_request(1, "cafebabe", "main", commits=[head])
+    main.project.delete_branch("cafebabe")
+    conn = redis.Redis.from_url(redis_url)
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"))
+
+    report = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    old = main.commits[:2]
+    main.assert_gone_exactly(tags_of(*old) | {CAFE})
+    assert in_use_by.split()[0] in kept_because(report, "cafebabe")
+    assert tags_of(*newer) <= main.present()
+    conn.close()

@@ -43,8 +43,10 @@ for i = 1, #ARGV, 4 do
   redis.call('ZADD', ref_prefix .. ref, 'GT', id, sha)
   local first = tonumber(redis.call('HGET', refs_key, ref))
   if not first or id < first then redis.call('HSET', refs_key, ref, id) end
-  local seen = tonumber(redis.call('HGET', first_key, sha))
-  if not seen or created < seen then redis.call('HSET', first_key, sha, created) end
+  if created then  -- a pipeline without a time says nothing of when the commit was first built
+    local seen = tonumber(redis.call('HGET', first_key, sha))
+    if not seen or created < seen then redis.call('HSET', first_key, sha, created) end
+  end
 end
 return 1
 """
@@ -73,8 +75,8 @@ class Record(timeline.Copy):
         sha, ref = item.get("sha"), item.get("ref")
         if not rules.is_sha(sha) or not isinstance(ref, str) or not ref:
             return None
-        created = timeline.parse_time(item.get("created_at")) or timeline.parse_time(item.get("updated_at")) or 0.0
-        return [sha, ref, str(item["id"]), repr(created)]
+        created = timeline.parse_time(item.get("created_at")) or timeline.parse_time(item.get("updated_at"))
+        return [sha, ref, str(item["id"]), "" if created is None else repr(created)]
 
     def drop(self) -> None:
         """Forget the project's record (it is read again from GitLab when next needed)."""

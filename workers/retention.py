@@ -170,13 +170,17 @@ class Retention:
         newest_success = next((p.get("sha") for p in success if isinstance(p, dict) and rules.is_sha(p.get("sha"))),
                               None)
         firsts = self.record.first_built(asked)
+        other_refs = self.other_refs(branch, asked)  # first: it learns merge requests in_use may need
+        in_use = self.deployed(asked)
+        open_sources = {name: Reason(Code.OPEN_MR_SOURCE, f"tag of the source branch {name!r} of an open merge request")
+                        for name in sorted(self.open_sources - set(self.live_branches))}
         facts = rules.RetentionFacts(
             branch=branch, keep=keep, min_age=self.settings.keep_commits_min_age, now=time.time(),
             built=tuple(rules.Built(s, built[s], firsts.get(s)) for s in sorted(asked)),
             newest_success=newest_success, candidates=frozenset(candidates),
             default_branch=ctx.project.get("default_branch"), live_branches=self.live_branches,
-            live_tags=self.live_tags, pinned_shas=self.pinned, other_refs=self.other_refs(branch, asked),
-            deployed_shas=self.deployed(asked))
+            live_tags=self.live_tags, pinned_shas=self.pinned, other_refs=other_refs,
+            deployed_shas=dict(in_use.shas), deployed_refs=dict(in_use.refs), open_sources=open_sources)
         decisions = rules.retire(facts, self.settings.policy)
         for d in decisions:
             if not d.delete:
@@ -229,10 +233,11 @@ class Retention:
                 out[sha] = live
         return out
 
-    def deployed(self, shas: set[str]) -> dict[str, str]:
-        """The commits live environments keep, asked again of GitLab where the copy may be short."""
+    def deployed(self, shas: set[str]) -> rules.InUse:
+        """What live environments keep (commits, and the branches they run), asked again of GitLab
+        where the copy may be short."""
         self.protection.confirm(shas)
-        return dict(self.protection.in_use(self.mrs).shas)
+        return self.protection.in_use(self.mrs)
 
     def retired(self, candidates: Iterable[str], decisions: list[rules.Decision], report: Report) -> set[str]:
         """The candidate commits whose every tag is gone from every repository now: each of their

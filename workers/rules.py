@@ -792,7 +792,8 @@ class RetentionFacts:
     newest_success: the commit of the branch's newest successful pipeline, None when it has none.
     now: the time the pass decides at (unix seconds).
     The rest is Facts' (live_owners): live_branches include the branch itself; other_refs name,
-    per SHA, only live refs other than the branch.
+    per SHA, only live refs other than the branch; deployed_refs and open_sources claim branch
+    tags, which a commit's short SHA tag may equal (a branch named `cafebabe`).
     """
 
     branch: str
@@ -808,6 +809,8 @@ class RetentionFacts:
     pinned_shas: Mapping[str, str] = field(default_factory=dict)
     other_refs: Mapping[str, frozenset[str]] = field(default_factory=dict)
     deployed_shas: Mapping[str, str] = field(default_factory=dict)
+    deployed_refs: Mapping[str, str] = field(default_factory=dict)
+    open_sources: Mapping[str, str] = field(default_factory=dict)
 
 
 def newest_built(built: Iterable[Built], keep: int) -> list[Built]:
@@ -848,7 +851,8 @@ def retire(facts: RetentionFacts, policy: Policy) -> list[Decision]:
     owners = live_owners(Facts(branch="", shas=frozenset(), default_branch=facts.default_branch,
                                live_branches=facts.live_branches, live_tags=facts.live_tags,
                                pinned_shas=facts.pinned_shas, other_refs=facts.other_refs,
-                               deployed_shas=facts.deployed_shas), policy)
+                               deployed_shas=facts.deployed_shas, deployed_refs=facts.deployed_refs,
+                               open_sources=facts.open_sources), policy)
     # A name a kept commit renders stays too: two commits may share a short SHA.
     kept_names: dict[str, Reason] = {}
     for sha, why in own.items():
