@@ -66,7 +66,7 @@ def test_base_case_keeps_the_newest_three_and_retires_the_rest():
     assert {n for n, d in out.items() if d.delete} == tags(*OLD)
     for name in tags(*NEWEST):
         assert out[name].code == Code.NEWEST_COMMITS
-    assert "1st newest of the 3" in out[S[9]].reason and "3rd newest" in out[S[7]].reason
+    assert "the 1st newest" in out[S[9]].reason and "3 newest" in out[S[9]].reason and "3rd newest" in out[S[7]].reason
     for name in tags(*OLD):
         assert out[name].code == Code.SUPERSEDED and out[name].kind == "commit"
 
