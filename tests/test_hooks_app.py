@@ -153,7 +153,9 @@ def test_recreated_branch_deleted_again_is_a_new_job(client, conn):
 
 
 def test_pipeline_is_recorded_at_once_and_status_changes_collapse(client, conn):
-    resp = post(client, "pipeline_merge_request.json", "Pipeline Hook")
+    payload = json.loads(body_of("pipeline_merge_request.json"))
+    payload["object_attributes"]["status"] = "running"
+    resp = client.post("/hooks/gitlab", json=payload, headers=headers("Pipeline Hook", **{"Idempotency-Key": "k1"}))
     assert resp.status_code == 202, resp.json
     assert resp.json["action"] == "record_pipeline"
     queue = Queue(QUEUE, connection=conn)
@@ -161,17 +163,24 @@ def test_pipeline_is_recorded_at_once_and_status_changes_collapse(client, conn):
     job = Job.fetch(resp.json["job_id"], connection=conn)
     assert job.func_name == "workers.jobs.record_pipeline"
     assert job.kwargs == {"project_id": 4711, "ref": "Feature/Checkout-Flow", "sha": TIP, "tag": False,
-                          "pipeline_id": 90211, "delivery": KEY}
+                          "pipeline_id": 90211, "delivery": "k1", "status": "running"}
     assert job.result_ttl == 3600
     assert job.retries_left == 3 and job.retry_intervals == [10]
-    assert job.meta == {"delivery": KEY, "trigger": "pipeline"}
+    assert job.meta == {"delivery": "k1", "trigger": "pipeline"}
 
-    payload = json.loads(body_of("pipeline_merge_request.json"))
-    payload["object_attributes"]["status"] = "running"
+    payload["object_attributes"]["status"] = "pending"
     again = client.post("/hooks/gitlab", json=payload, headers=headers("Pipeline Hook", **{"Idempotency-Key": "k2"}))
     assert again.json == {"status": "duplicate", "job_id": resp.json["job_id"]}
     assert job_ids(conn) == [resp.json["job_id"]]
     assert queue.count == 1
+
+    # Its success is a job of its own (it may schedule the branch's retention pass); sent twice, one job.
+    succeeded = post(client, "pipeline_merge_request.json", "Pipeline Hook")
+    assert succeeded.status_code == 202 and succeeded.json["job_id"] == resp.json["job_id"] + "-success"
+    assert Job.fetch(succeeded.json["job_id"], connection=conn).kwargs["status"] == "success"
+    resent = post(client, "pipeline_merge_request.json", "Pipeline Hook")
+    assert resent.json == {"status": "duplicate", "job_id": succeeded.json["job_id"]}
+    assert queue.count == 2
 
 
 def test_a_successful_deployment_is_recorded_at_once_and_a_failed_one_ignored(client, conn):
