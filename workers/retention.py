@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 import redis
 
@@ -46,6 +46,7 @@ from workers.rules import Code, Reason
 log = logging.getLogger("tagsweeper.retention")
 
 TRIGGER = "superseded"
+RETIRE_CHUNK = 250  # commits whose tags are deleted before the pass remembers them as retired
 
 Progress = Callable[[str], None]
 
@@ -185,21 +186,28 @@ class Retention:
         for d in decisions:
             if not d.delete:
                 report.add("kept", d.tag, d.reason)
-        doomed = [d for d in decisions if d.delete]
         report.repositories = [deletion.repo_path(r) for r in self.repositories]
+        doomed = {d.tag: d for d in decisions if d.delete}
+        stats["retired_now"] = 0
         if doomed and self.repositories:
             store = deletion.open_store(self.settings, gl, pid)
             try:
-                deletion.delete_tags(store, report, self.repositories, doomed, dry_run=ctx.dry_run,
-                                     concurrency=self.settings.delete_concurrency)
+                # A chunk of commits at a time, each chunk's retired commits remembered when it is
+                # done: a pass cut short (a timeout, a lost worker) keeps what it did.
+                templates, started = self.settings.policy.commit_templates, set()
+                order = sorted(candidates, key=lambda s: built[s])
+                for start in range(0, len(order), RETIRE_CHUNK):
+                    chunk = order[start:start + RETIRE_CHUNK]
+                    names = {n for sha in chunk for n in rules.commit_tags(sha, templates)} - started
+                    started |= names
+                    go = [doomed[n] for n in sorted(names) if n in doomed]
+                    if go:
+                        deletion.delete_tags(store, report, self.repositories, go, dry_run=ctx.dry_run,
+                                             concurrency=self.settings.delete_concurrency)
+                    stats["retired_now"] += self.remember(retired_key, chunk, decisions, report, built)
             finally:
                 store.close()
                 metrics.tally().add_requests("registry", store.calls())
-        if not ctx.dry_run:
-            done = self.retired(candidates, decisions, report)
-            if done:
-                ctx.conn.zadd(retired_key, {sha: built[sha] for sha in done})
-            stats["retired_now"] = len(done)
         result = self.result(report, stats)
         cleanup.raise_if_incomplete(report, result, "the retention pass")
         return result
@@ -239,16 +247,24 @@ class Retention:
         self.protection.confirm(shas)
         return self.protection.in_use(self.mrs)
 
-    def retired(self, candidates: Iterable[str], decisions: list[rules.Decision], report: Report) -> set[str]:
-        """The candidate commits whose every tag is gone from every repository now: each of their
-        names was doomed, and deleted or found absent wherever it was looked for."""
+    def remember(self, key: str, shas: list[str], decisions: list[rules.Decision], report: Report,
+                 built: dict[str, float]) -> int:
+        """Remember as retired the commits among `shas` whose every tag is gone from every
+        repository now: each of their names was doomed, and deleted or found absent wherever it
+        was looked for. Not in a dry run. Returns how many."""
+        if self.ctx.dry_run:
+            return 0
         doomed = {d.tag for d in decisions if d.delete}
         outcomes: dict[str, set[str]] = {}
         for entry in report.decisions:
             outcomes.setdefault(entry["tag"], set()).add(entry["decision"])
-        gone = {name for name in doomed if outcomes.get(name) and outcomes[name] <= {"deleted", "absent"}}
         templates = self.settings.policy.commit_templates
-        return {sha for sha in candidates if rules.commit_tags(sha, templates) <= gone}
+        done = [sha for sha in shas
+                if all(n in doomed and outcomes.get(n) and outcomes[n] <= {"deleted", "absent"}
+                       for n in rules.commit_tags(sha, templates))]
+        if done:
+            self.ctx.conn.zadd(key, {sha: built[sha] for sha in done})
+        return len(done)
 
     def result(self, report: Report, stats: dict) -> dict:
         out = report.as_dict()
