@@ -174,41 +174,52 @@ def _range(conn: redis.Redis, newest: str, oldest: str, digest: str) -> list[dic
 
 def search(conn: redis.Redis, text: str) -> tuple[list[dict], list[tuple[str, list[dict]]], bool]:
     """Entries whose project, branch or tag holds `text`, newest first (at most MAX_HITS), grouped by
-    run as (run id, entries); and whether the whole trail was read."""
+    run as (run id, entries); and whether the whole trail was read.
+
+    The scan looks at raw bytes and decodes only the hits: a miss costs about what reading the
+    trail costs. Each run key's newest and oldest entry seen are kept, so a hit links to its whole run."""
+    needle = text.casefold()
+    ascii_needle = needle.encode() if needle.isascii() else None
+    pid_text = text.encode() if text.isdigit() else None
     hits: list[dict] = []
-    newest_of: dict[str, str] = {}  # key hash -> newest entry id of that run key seen
-    oldest_of: dict[str, str] = {}
-    hashes: dict[tuple, str] = {}
+    extent: dict[tuple, list[bytes]] = {}  # raw run key -> [newest id, oldest id]
     highest, complete = "+", False
     while len(hits) < MAX_HITS:
         batch = conn.xrevrange(audit.STREAM, max=highest, min="-", count=SCAN_CHUNK)
         for entry_id, raw in batch:
-            key = tuple(_text(raw.get(name, b"")) for name in (b"job_id", b"delivery", b"project_id",
-                                                                  b"branch", b"trigger"))
-            digest = hashes.get(key)
-            if digest is None:
-                digest = hashes[key] = summary.key_hash(summary.run_key(dict(zip(
-                    ("job_id", "delivery", "project_id", "branch", "trigger"), key))))
-            entry_text = _text(entry_id)
-            newest_of.setdefault(digest, entry_text)
-            oldest_of[digest] = entry_text
-            probe = {"project_id": key[2], "project": _text(raw.get(b"project", b"")), "branch": key[3],
-                     "tag": _text(raw.get(b"tag", b""))}
-            if len(hits) < MAX_HITS and summary.matches(probe, text):
+            get = raw.get
+            ident = get(b"job_id") or get(b"delivery") or b""
+            key = (ident, get(b"project_id"), get(b"branch"), get(b"trigger"))
+            seen = extent.get(key)
+            if seen is None:
+                extent[key] = [entry_id, entry_id]
+            else:
+                seen[1] = entry_id
+            if len(hits) >= MAX_HITS:
+                continue
+            if ascii_needle is not None:
+                hit = (ascii_needle in (get(b"tag") or b"").lower() or ascii_needle in (get(b"branch") or b"").lower()
+                       or ascii_needle in (get(b"project") or b"").lower() or (pid_text and get(b"project_id") == pid_text))
+            else:
+                hit = summary.matches({"project": _text(get(b"project")), "branch": _text(get(b"branch")),
+                                       "tag": _text(get(b"tag")), "project_id": _text(get(b"project_id"))}, text)
+            if hit:
                 entry = _decode(entry_id, raw)
-                entry["run_hash"] = digest
+                entry["run_key"] = key
                 hits.append(entry)
         if len(batch) < SCAN_CHUNK:
             complete = True
             break
         highest = "(" + _text(batch[-1][0])
-    groups: dict[str, list[dict]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for e in hits:
-        groups.setdefault(e["run_hash"], []).append(e)
+        groups.setdefault(e.pop("run_key"), []).append(e)
     runs = []
-    for digest, mine in groups.items():
-        oldest = oldest_of[digest] if complete else "0-0"
-        runs.append((f"{newest_of[digest]}.{oldest}.{digest}", mine))
+    for key, mine in groups.items():
+        newest, oldest = (_text(i) for i in extent[key])
+        digest = summary.key_hash(summary.run_key(dict(zip(("job_id", "project_id", "branch", "trigger"),
+                                                           (_text(k) for k in key)))))
+        runs.append((f"{newest}.{oldest if complete else '0-0'}.{digest}", mine))
     return hits, runs, complete
 
 
