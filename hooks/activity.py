@@ -12,8 +12,8 @@ It reads Redis only, never GitLab, in a bounded number of round trips whatever t
 - what waits and fails: RQ's scheduled and failed registries (at most LISTED jobs each fetched),
   the live workers, and GitLab's and the registry's answers from the metrics hashes.
 
-A run's page reads the stream between the run's first and last entry; a search reads the trail
-newest first until it has MAX_HITS matches or reaches the end.
+A run's page reads the stream between the run's first and last entry; a search reads the newest
+SEARCH_WINDOW entries (the whole trail with ?all=1) until it has MAX_HITS matches.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ RECENT_ENTRIES = 2000  # newest audit entries read for the recent runs and the t
 RECENT_RUNS = 30
 LISTED = 50  # scheduled or failed jobs fetched and listed (the counts are exact)
 MAX_HITS = 200
+SEARCH_WINDOW = 20_000  # newest entries a search reads, unless asked for the whole trail (?all=1)
 SCAN_CHUNK = 2000
 RUN_LIMIT = 5000  # decisions shown on a run's page
 RETIRE_BRANCH = "workers.jobs.retire_branch"
@@ -79,15 +80,16 @@ def overview():
     """The whole picture; with ?q= a search of the trail."""
     try:
         text = summary.search_terms(request.args.get("q"))
+        whole = _flag(request.args.get("all"), "all")
     except ValueError as exc:
         return _page_error(400, str(exc))
     conn, queue_name = _redis()
     now = time.time()
     try:
         if text is not None:
-            hits, runs, complete = search(conn, text)
-            return render_template("activity_search.html", q=text, hits=hits, runs=runs, complete=complete,
-                                   max_hits=MAX_HITS, now=now)
+            found = search(conn, text, window=None if whole else SEARCH_WINDOW)
+            return render_template("activity_search.html", q=text, found=found, max_hits=MAX_HITS,
+                                   window=SEARCH_WINDOW, whole=whole, now=now)
         rows, paths = counts.read(conn, now)
         projects = summary.project_windows(rows, paths, now)
         recent = _recent(conn, RECENT_ENTRIES)
@@ -125,6 +127,14 @@ def run(run_id: str):
     return render_template("activity_run.html", run=found, tally=found.tally, classes=summary.CLASSES,
                            reason_class=summary.reason_class, now=time.time(),
                            shown=found.entries[:RUN_LIMIT], run_limit=RUN_LIMIT)
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None:
+        return False
+    if raw in ("0", "1"):
+        return raw == "1"
+    raise ValueError(f"{name} must be 1 or 0")
 
 
 def _page_error(status: int, message: str):
@@ -172,20 +182,30 @@ def _range(conn: redis.Redis, newest: str, oldest: str, digest: str) -> list[dic
         highest = "(" + _text(batch[-1][0])
 
 
-def search(conn: redis.Redis, text: str) -> tuple[list[dict], list[tuple[str, list[dict]]], bool]:
-    """Entries whose project, branch or tag holds `text`, newest first (at most MAX_HITS), grouped by
-    run as (run id, entries); and whether the whole trail was read.
+@dataclass
+class Found:
+    hits: list[dict]  # newest first, at most MAX_HITS
+    runs: list[tuple[str, list[dict]]]  # (run id, its hits), by each run's newest hit
+    read: int  # entries read
+    end: bool  # the oldest entry of the trail was read
+    full: bool  # stopped at MAX_HITS
 
-    The scan looks at raw bytes and decodes only the hits: a miss costs about what reading the
-    trail costs. Each run key's newest and oldest entry seen are kept, so a hit links to its whole run."""
+
+def search(conn: redis.Redis, text: str, window: int | None = SEARCH_WINDOW) -> Found:
+    """Entries whose project, branch or tag holds `text`, among the newest `window` entries (None: all).
+
+    The scan looks at raw bytes and decodes only the hits. Each run key's newest and oldest entry
+    seen are kept, so a hit links to its whole run (a run cut by the window links a few hours lower)."""
     needle = text.casefold()
     ascii_needle = needle.encode() if needle.isascii() else None
     pid_text = text.encode() if text.isdigit() else None
     hits: list[dict] = []
     extent: dict[tuple, list[bytes]] = {}  # raw run key -> [newest id, oldest id]
-    highest, complete = "+", False
-    while len(hits) < MAX_HITS:
-        batch = conn.xrevrange(audit.STREAM, max=highest, min="-", count=SCAN_CHUNK)
+    highest, read, end = "+", 0, False
+    while len(hits) < MAX_HITS and (window is None or read < window):
+        count = SCAN_CHUNK if window is None else min(SCAN_CHUNK, window - read)
+        batch = conn.xrevrange(audit.STREAM, max=highest, min="-", count=count)
+        read += len(batch)
         for entry_id, raw in batch:
             get = raw.get
             ident = get(b"job_id") or get(b"delivery") or b""
@@ -207,8 +227,8 @@ def search(conn: redis.Redis, text: str) -> tuple[list[dict], list[tuple[str, li
                 entry = _decode(entry_id, raw)
                 entry["run_key"] = key
                 hits.append(entry)
-        if len(batch) < SCAN_CHUNK:
-            complete = True
+        if len(batch) < count:
+            end = True
             break
         highest = "(" + _text(batch[-1][0])
     groups: dict[tuple, list[dict]] = {}
@@ -219,8 +239,8 @@ def search(conn: redis.Redis, text: str) -> tuple[list[dict], list[tuple[str, li
         newest, oldest = (_text(i) for i in extent[key])
         digest = summary.key_hash(summary.run_key(dict(zip(("job_id", "project_id", "branch", "trigger"),
                                                            (_text(k) for k in key)))))
-        runs.append((f"{newest}.{oldest if complete else '0-0'}.{digest}", mine))
-    return hits, runs, complete
+        runs.append((f"{newest}.{oldest if end else summary.floor_id(oldest)}.{digest}", mine))
+    return Found(hits, runs, read, end, len(hits) >= MAX_HITS)
 
 
 # --- RQ: what waits, what fails ----------------------------------------------------------------

@@ -26,6 +26,9 @@ DAY = 86400
 WINDOWS = (("day", 24), ("week", 7 * 24), ("month", 30 * 24))  # name, hours back from the hour in progress
 CHART_DAYS = 30
 RUN_GAP = 300  # seconds between two entries of one anonymous run at most
+# A run may have entries older than what was read: its page reads this far below the oldest one seen
+# (RQ's retries of a cleanup come within CLEANUP_RETRY_INTERVALS, 1.4 hours by default).
+PARTIAL_MARGIN = 6 * HOUR
 MAX_SEARCH = 200
 
 # Why a tag was kept, in words an operator reads; every reason_kind of workers.common.metrics maps here.
@@ -158,7 +161,7 @@ class Run:
 
     @property
     def id(self) -> str:
-        oldest = "0-0" if self.partial else self.oldest["id"]
+        oldest = floor_id(self.oldest["id"]) if self.partial else self.oldest["id"]
         return f"{self.newest['id']}.{oldest}.{key_hash(self.key)}"
 
     @property
@@ -210,6 +213,12 @@ def group_runs(entries: Sequence[dict], *, window_full: bool = False, gap: float
     return runs
 
 
+def floor_id(stream_id: str, margin: float = PARTIAL_MARGIN) -> str:
+    """The stream id `margin` seconds below `stream_id`: where a possibly partial run's page starts reading."""
+    ms = int(stream_id.split("-")[0])
+    return f"{max(0, ms - int(margin * 1000))}-0"
+
+
 def _time(entry: Mapping[str, Any]) -> float:
     return float(entry.get("time") or 0)
 
@@ -219,7 +228,7 @@ _RUN_ID = re.compile(rf"({_STREAM_ID})\.({_STREAM_ID})\.([0-9a-f]{{16}})")
 
 
 def parse_run_id(text: str) -> tuple[str, str, str]:
-    """(newest stream id, oldest stream id or "0-0", key hash); ValueError when malformed."""
+    """(newest stream id, oldest stream id, key hash); ValueError when malformed."""
     m = _RUN_ID.fullmatch(text or "")
     if not m:
         raise ValueError("a run id looks like 1733350000000-0.1733349990000-0.0123456789abcdef")

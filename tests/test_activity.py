@@ -160,10 +160,13 @@ def test_runs_by_hand_without_job_or_delivery_split_at_a_quiet_spell():
 
 
 def test_a_run_reaching_the_end_of_what_was_read_is_partial():
-    entries = [e(3, 5000, job_id="a"), e(2, 1000, job_id="b"), e(1, 990, job_id="c")]
+    t = 1_790_000_000
+    entries = [e(3, t + 5000, job_id="a"), e(2, t + 1000, job_id="b"), e(1, t + 990, job_id="c")]
     runs = summary.group_runs(entries, window_full=True, gap=300)
     assert [r.partial for r in runs] == [False, True, True]
-    assert runs[1].id.split(".")[1] == "0-0"  # its page reads from the start of the trail
+    # Its page reads from a few hours below the oldest entry seen (RQ's retries come within them).
+    assert runs[1].id.split(".")[1] == f"{(t + 1000 - summary.PARTIAL_MARGIN) * 1000}-0"
+    assert runs[0].id.split(".")[1] == entries[0]["id"]
     assert not any(r.partial for r in summary.group_runs(entries, window_full=False))
 
 
@@ -390,6 +393,7 @@ def test_a_run_opens_to_its_decisions(client, conn):
     ("/activity?q=" + "x" * 201, 400),
     ("/activity?q=a%0Ab", 400),
     ("/?q=%00", 400),
+    ("/activity?q=x&all=yes", 400),
     ("/activity/nothing-here", 404),
 ])
 def test_bad_input_is_a_clear_4xx(client, conn, path, status):
@@ -398,7 +402,7 @@ def test_bad_input_is_a_clear_4xx(client, conn, path, status):
     assert resp.status_code == status
     if path.startswith("/activity/run/") or "q=" in path:
         body = resp.get_data(as_text=True)
-        assert ("run id" in body or "no such run" in body or "search text" in body), body[:300]
+        assert ("run id" in body or "no such run" in body or "search text" in body or "all must be" in body), body[:300]
 
 
 def test_search_by_project_branch_or_tag(client, conn):
@@ -417,6 +421,24 @@ def test_search_by_project_branch_or_tag(client, conn):
             assert set(re.findall(r'data-tag="([^"]*)"', detail)) >= set(tags)
         else:
             assert "No decision in the audit trail names it" in text
+
+
+def test_a_search_reads_the_newest_entries_unless_asked_for_all(client, conn):
+    from hooks import activity
+
+    now = time.time()
+    audit.record(conn, entry(time=now - 100, tag="needle-old", job_id="cleanup-old"))
+    for i in range(9):
+        audit.record(conn, entry(time=now - 50 + i, tag=f"hay-{i}"))
+    found = activity.search(conn, "needle", window=5)
+    assert (found.hits, found.read, found.end) == ([], 5, False)
+    found = activity.search(conn, "needle", window=None)
+    assert [h["tag"] for h in found.hits] == ["needle-old"] and found.end and found.read == 10
+    found = activity.search(conn, "hay", window=5)
+    assert [h["tag"] for h in found.hits] == [f"hay-{i}" for i in range(8, 3, -1)]
+    # The whole trail, from the page: all=1.
+    text = page(client, "/activity?q=needle&all=1")
+    assert re.findall(r'data-tag="([^"]*)"', text) == ["needle-old"] and "in the whole audit trail" in text
 
 
 def test_names_from_deliveries_are_escaped_everywhere(client, conn):
