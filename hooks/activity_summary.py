@@ -95,23 +95,41 @@ def project_windows(counts: Iterable[Any], paths: Mapping[str, str], now: float)
     `counts` are workers.common.activity.Count-likes (hour, project_id, decision, reason_kind, n)."""
     now_hour = int(now) // HOUR
     today = int(now) // DAY
-    days = [today - back for back in range(CHART_DAYS - 1, -1, -1)]
-    projects: dict[str, ProjectActivity] = {}
-    for c in counts:
-        if c.hour > now_hour:
+    first_day = today - CHART_DAYS + 1
+    # Summed first by (project, decision, kind, the narrowest window the hour is in): a month of
+    # hourly counts is tens of thousands of rows, the sums a few hundred.
+    sums: dict[tuple[str, str, str, int], int] = {}
+    per_day: dict[tuple[str, int], int] = {}
+    (_, day_hours), (_, week_hours), (_, month_hours) = WINDOWS
+    for hour, pid, decision, kind, n in counts:
+        back = now_hour - hour
+        if back < 0:
             continue  # a clock ahead of ours: not "the last day" yet
-        p = projects.get(c.project_id)
+        if back < day_hours:
+            narrowest = 0
+        elif back < week_hours:
+            narrowest = 1
+        elif back < month_hours:
+            narrowest = 2
+        else:
+            continue
+        key = (pid, decision, kind, narrowest)
+        sums[key] = sums.get(key, 0) + n
+        if decision == "deleted":
+            day = hour * HOUR // DAY - first_day
+            if 0 <= day < CHART_DAYS:
+                per_day[(pid, day)] = per_day.get((pid, day), 0) + n
+    projects: dict[str, ProjectActivity] = {}
+    for (pid, decision, kind, narrowest), n in sums.items():
+        p = projects.get(pid)
         if p is None:
-            p = projects[c.project_id] = ProjectActivity(
-                c.project_id, paths.get(c.project_id), {name: Tally() for name, _ in WINDOWS},
-                [(_date(d * DAY), 0) for d in days])
-        for name, hours in WINDOWS:
-            if c.hour > now_hour - hours:
-                p.windows[name].add(c.decision, c.reason_kind, c.n)
-        index = c.hour * HOUR // DAY - days[0]
-        if c.decision == "deleted" and 0 <= index < CHART_DAYS:
-            d, n = p.per_day[index]
-            p.per_day[index] = (d, n + c.n)
+            p = projects[pid] = ProjectActivity(pid, paths.get(pid), {name: Tally() for name, _ in WINDOWS},
+                                                [(_date((first_day + d) * DAY), 0) for d in range(CHART_DAYS)])
+        for name, _ in WINDOWS[narrowest:]:  # an hour of the last day is in the week and the month too
+            p.windows[name].add(decision, kind, n)
+    for (pid, day), n in per_day.items():
+        p = projects[pid]
+        p.per_day[day] = (p.per_day[day][0], n)
     return sorted(projects.values(), key=lambda p: (-p.windows["month"].deleted, p.name))
 
 

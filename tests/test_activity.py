@@ -97,7 +97,7 @@ def c(hours_ago: float, decision: str, kind: str = "owned", n: int = 1, pid: str
     ([c(168, "deleted")], "week", (0, 0, {})),
     ([c(168, "deleted")], "month", (1, 0, {})),
     ([c(719, "deleted")], "month", (1, 0, {})),
-    ([c(720, "deleted")], "month", (0, 0, {})),
+    ([c(720, "deleted"), c(0, "failed")], "month", (0, 1, {})),
     ([c(-1, "deleted"), c(0, "failed")], "day", (0, 1, {})),  # a clock ahead of ours: not counted yet
     ([c(1, "failed", "transient", 2), c(2, "failed", "error")], "day", (0, 3, {})),
     ([c(1, "kept", "deployed", 4), c(1, "kept", "protected"), c(3, "kept", "git_tag", 2)], "day",

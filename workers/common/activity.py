@@ -14,9 +14,8 @@ the size of the trail. Counts start when this writer first ran: older entries ar
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import redis
 
@@ -26,8 +25,7 @@ ACTIVITY_DAYS = 32  # the month the page shows, the day in progress, and a day's
 TTL = (ACTIVITY_DAYS + 2) * 86400
 
 
-@dataclass(frozen=True)
-class Count:
+class Count(NamedTuple):
     """n audit entries of one project in one hour (`hour`: unix hours, time // 3600)."""
 
     hour: int
@@ -83,7 +81,8 @@ def read(conn: redis.Redis, now: float | None = None,
             parts = _text(raw).split("|")
             if len(parts) != 4 or not parts[0].isdigit():
                 continue  # not ours: skip rather than fail the page
-            counts.append(Count(base + int(parts[0]), parts[1], parts[2], parts[3], int(value)))
+            hour, pid, decision, kind = parts
+            counts.append(Count(base + int(hour), pid, decision, kind, int(value)))
     return counts, {_text(k): _text(v) for k, v in names.items()}
 
 
