@@ -541,3 +541,15 @@ def test_hostile_branch_names_delivered_and_cleaned_are_escaped_on_the_page(tmp_
         assert cell(text, p.id, "day", "deleted") == 3 * len(HOSTILE)
     finally:
         svc.stop()
+
+
+def test_a_dead_redis_is_a_503_page_without_the_password():
+    from tests.support.procs import free_port
+
+    redis_password = "dead-redis-Pa55-activity"
+    client = make_app(f"redis://:{redis_password}@127.0.0.1:{free_port()}/0").test_client()
+    for path in ("/", "/activity?q=x", "/activity/run/1-0.0-0.0123456789abcdef"):
+        resp = client.get(path, headers=basic())
+        assert resp.status_code == 503, path
+        body = resp.get_data(as_text=True)
+        assert "queue unavailable (Redis)" in body and redis_password not in body
