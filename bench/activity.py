@@ -1,4 +1,4 @@
-"""Benchmark 7, the activity page: time to first byte with the audit trail at its bound (100,000 entries).
+"""Benchmark 8, the activity page: time to first byte with the audit trail at its bound (100,000 entries).
 
     .venv/bin/python -m bench.activity                   # 100,000 entries, 20 rounds
     .venv/bin/python -m bench.activity --entries 20000 --rounds 10

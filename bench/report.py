@@ -76,7 +76,7 @@ def main() -> int:
     w(".venv/bin/python -m bench.latency         # 5. delivery to last tag gone")
     w(".venv/bin/python -m bench.history         # 6. sweep with 1,000 and 10,000 pipelines of history, and a re-run")
     w(".venv/bin/python -m bench.history --rss   # 6. peak RSS with 10,000 tags and 20,000 pipelines")
-    w(".venv/bin/python -m bench.activity        # 7. the activity page's time to first byte, 100,000 audit entries")
+    w(".venv/bin/python -m bench.activity        # 8. the activity page's time to first byte, 100,000 audit entries")
     w("bench/run_all.sh                          # all of them, in that order")
     w(".venv/bin/python -m bench.report          # this document, from bench/results/*.json")
     w("```")
@@ -573,20 +573,20 @@ ACTIVITY_ROWS = (("healthz", "`GET /healthz` (baseline: the app doing nothing)")
 
 
 def activity_rows(data: dict) -> list[str]:
-    """Benchmark 7's rows of the summary table."""
+    """Benchmark 8's rows of the summary table."""
     s, n = data["summary"], data["filled"]["entries"]
-    return [f"| 7 | activity page, {n:,} audit entries | time to first byte, median (p90) | (shown; "
+    return [f"| 8 | activity page, {n:,} audit entries | time to first byte, median (p90) | (shown; "
             f"`/audit?limit=100`: {s['audit100']['median_ms']:.0f} ms) | {s['page']['median_ms']:.0f} ms "
             f"({s['page']['p90_ms']:.0f} ms), {s['page']['over_audit100']:.1f}× | |",
-            f"| 7 | activity search, {n:,} audit entries, no match: newest 20,000 / whole trail | time to first "
+            f"| 8 | activity search, {n:,} audit entries, no match: newest 20,000 / whole trail | time to first "
             f"byte, median | (shown) | {s['search_miss']['median_ms']:.0f} ms / {s['search_all_miss']['median_ms']:.0f} "
             f"ms | |"]
 
 
 def activity_section(data: dict) -> list[str]:
-    """Benchmark 7's section."""
+    """Benchmark 8's section."""
     s, filled, mem = data["summary"], data["filled"], data["memory"]
-    out = ["## 7. The activity page with the audit trail at its bound", "",
+    out = ["## 8. The activity page with the audit trail at its bound", "",
            f"`.venv/bin/python -m bench.activity` — a redis-server filled through the real writer "
            f"(`audit.Sink`, one round trip per decision) with {filled['entries']:,} audit entries over the last 30 "
            f"days ({filled['runs']:,} runs of 40 projects: merges, branch deletions, sweeps, retention passes, "
