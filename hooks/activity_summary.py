@@ -31,19 +31,22 @@ RUN_GAP = 300  # seconds between two entries of one anonymous run at most
 PARTIAL_MARGIN = 6 * HOUR
 MAX_SEARCH = 200
 
-# Why a tag was kept, in words an operator reads; every reason_kind of workers.common.metrics maps here.
+# Why a tag was kept, in words an operator reads; every kept reason_kind of workers.common.metrics maps
+# here (one added there and not here shows as "other", and tests/test_activity.py says so).
 REASON_CLASSES = {
     "deployed": "in use",
     "protected": "protected", "default_branch": "protected", "git_tag": "protected",
     "live_branch": "live", "live_head": "live", "open_mr": "live", "fast_forward": "live", "other_ref": "live",
+    "retention": "newest",  # a retention pass keeps a live branch's newest commits (and young ones)
     "sha_like": "unclear", "invalid_tag": "unclear", "gitlab_403": "unclear", "changed": "unclear",
     "other": "unclear",
 }
-CLASSES = ("in use", "protected", "live", "unclear", "other")
+CLASSES = ("in use", "protected", "live", "newest", "unclear", "other")
 CLASS_HELP = {
     "in use": "a live environment runs it, or may roll back to it",
     "protected": "PROTECTED_TAGS, the default branch or a git tag",
     "live": "a live branch, an open merge request or another ref still builds on it",
+    "newest": "one of a live branch's newest commits, which a retention pass keeps",
     "unclear": "not provably the branch's own (a SHA-like name, GitLab refused, it changed)",
     "other": "another reason",
 }

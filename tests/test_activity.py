@@ -67,20 +67,23 @@ def entry(**fields) -> dict:
     ("deployed", "in use"), ("protected", "protected"), ("default_branch", "protected"), ("git_tag", "protected"),
     ("live_branch", "live"), ("live_head", "live"), ("open_mr", "live"), ("fast_forward", "live"),
     ("other_ref", "live"), ("sha_like", "unclear"), ("gitlab_403", "unclear"), ("changed", "unclear"),
-    ("invalid_tag", "unclear"), ("other", "unclear"), ("a_kind_added_later", "other"), (None, "other"),
+    ("invalid_tag", "unclear"), ("other", "unclear"), ("retention", "newest"), ("a_kind_added_later", "other"),
+    (None, "other"),
 ])
 def test_reason_classes(kind, cls):
     assert summary.reason_class(kind) == cls
 
 
-def test_every_reason_kind_the_metrics_know_has_a_class():
+# The kinds of deleted, absent and failed decisions: never a reason to keep a tag.
+NOT_KEPT = {"owned", "absent", "transient", "error", "superseded"}
+
+
+def test_every_kept_reason_kind_the_metrics_know_has_a_class():
     from workers.common import metrics
-    unclassified = {k for k in metrics.REASON_KIND_LABELS
-                    if k not in summary.REASON_CLASSES and k not in ("owned", "absent", "skipped", "transient",
-                                                                      "error")}
-    # Kinds of deleted, absent, failed and skipped decisions are not kept reasons; any new kept one
-    # shows as "other" until it is classed here.
-    assert unclassified <= {k for k in unclassified if summary.reason_class(k) == "other"}
+    kept_kinds = set(metrics.REASON_KINDS.values()) - NOT_KEPT
+    assert kept_kinds and not kept_kinds - set(summary.REASON_CLASSES), kept_kinds - set(summary.REASON_CLASSES)
+    assert set(summary.REASON_CLASSES.values()) <= set(summary.CLASSES)
+    assert set(summary.CLASS_HELP) == set(summary.CLASSES)
 
 
 def c(hours_ago: float, decision: str, kind: str = "owned", n: int = 1, pid: str = "4711"):
