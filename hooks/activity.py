@@ -110,9 +110,11 @@ def overview():
 
 @bp.get("/activity/run/<run_id>")
 def run(run_id: str):
-    """One run's decisions: tag, repository, decision, reason."""
+    """One run's decisions: tag, repository, decision, reason. The id bounds the read; ?at= (an entry
+    of the run, from a search) picks the run when one key made several (retention passes)."""
     try:
         newest, oldest, digest = summary.parse_run_id(run_id)
+        anchor = summary.check_stream_id(request.args["at"]) if "at" in request.args else newest
     except ValueError as exc:
         return _page_error(400, str(exc))
     conn, _ = _redis()
@@ -120,7 +122,7 @@ def run(run_id: str):
         entries = _range(conn, newest, oldest, digest)
     except redis.RedisError as exc:
         return _page_error(503, get_intake().describe_error(exc))
-    found = summary.pick_run(entries, newest, digest)
+    found = summary.pick_run(entries, anchor, digest)
     if found is None:
         return _page_error(404, "no such run in the audit trail (it may have been trimmed: the trail keeps "
                                 "AUDIT_MAX_ENTRIES entries)")
@@ -185,7 +187,7 @@ def _range(conn: redis.Redis, newest: str, oldest: str, digest: str) -> list[dic
 @dataclass
 class Found:
     hits: list[dict]  # newest first, at most MAX_HITS
-    runs: list[tuple[str, list[dict]]]  # (run id, its hits), by each run's newest hit
+    runs: list[tuple[str, str, list[dict]]]  # (run id, its newest hit's id, its hits), by each run's newest hit
     read: int  # entries read
     end: bool  # the oldest entry of the trail was read
     full: bool  # stopped at MAX_HITS
@@ -239,7 +241,7 @@ def search(conn: redis.Redis, text: str, window: int | None = SEARCH_WINDOW) -> 
         newest, oldest = (_text(i) for i in extent[key])
         digest = summary.key_hash(summary.run_key(dict(zip(("job_id", "project_id", "branch", "trigger"),
                                                            (_text(k) for k in key)))))
-        runs.append((f"{newest}.{oldest if end else summary.floor_id(oldest)}.{digest}", mine))
+        runs.append((f"{newest}.{oldest if end else summary.floor_id(oldest)}.{digest}", mine[0]["id"], mine))
     return Found(hits, runs, read, end, len(hits) >= MAX_HITS)
 
 

@@ -9,8 +9,8 @@
 
 A run is the decisions sharing (job id, or else delivery; project; branch; trigger): a job keeps its
 id across RQ's retries, so a retried cleanup is one run, and a re-check or a replay with --force is
-a new one. Entries with neither (a cleanup run by hand without RQ) are one run while they come less
-than RUN_GAP apart.
+a new one. Entries with neither (a cleanup run by hand without RQ), and a retention pass (whose job
+id each pass of the branch reuses), are one run while they come less than RUN_GAP apart.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ HOUR = 3600
 DAY = 86400
 WINDOWS = (("day", 24), ("week", 7 * 24), ("month", 30 * 24))  # name, hours back from the hour in progress
 CHART_DAYS = 30
-RUN_GAP = 300  # seconds between two entries of one anonymous run at most
+RUN_GAP = 300  # seconds between two entries of one anonymous run (or retention pass) at most
+# Triggers whose job id is the same for every run: each retention pass of a branch is job
+# retire-<project>-<branch digest> again. Their runs, like anonymous ones, end at a quiet spell.
+REUSED_IDS = frozenset({"superseded"})
 # A run may have entries older than what was read: its page reads this far below the oldest one seen
 # (RQ's retries of a cleanup come within CLEANUP_RETRY_INTERVALS, 1.4 hours by default).
 PARTIAL_MARGIN = 6 * HOUR
@@ -221,8 +224,8 @@ def group_runs(entries: Sequence[dict], *, window_full: bool = False, gap: float
     for e in entries:
         key = run_key(e)
         run = open_runs.get(key)
-        if run is not None and run.anonymous and _time(run.oldest) - _time(e) > gap:
-            run = None  # a quiet spell: an earlier run by hand
+        if run is not None and (run.anonymous or key[3] in REUSED_IDS) and _time(run.oldest) - _time(e) > gap:
+            run = None  # a quiet spell: an earlier run by hand, or an earlier retention pass
         if run is None:
             run = open_runs[key] = Run(key)
             runs.append(run)
@@ -264,10 +267,17 @@ def _id_tuple(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def pick_run(entries: Sequence[dict], newest_id: str, digest: str) -> Run | None:
-    """The run of `digest` whose newest entry is `newest_id`, among entries read newest first."""
+def pick_run(entries: Sequence[dict], anchor_id: str, digest: str) -> Run | None:
+    """The run of `digest` that holds the entry `anchor_id`, among entries read newest first."""
     mine = [e for e in entries if key_hash(run_key(e)) == digest]
-    return next((r for r in group_runs(mine) if r.newest["id"] == newest_id), None)
+    return next((r for r in group_runs(mine) if any(e["id"] == anchor_id for e in r.entries)), None)
+
+
+def check_stream_id(text: str) -> str:
+    """`text` if it is a stream entry id (`<ms>-<seq>`), else ValueError."""
+    if not re.fullmatch(_STREAM_ID, text or ""):
+        raise ValueError("at must be an audit entry id like 1733350000000-0")
+    return text
 
 
 # --- in use ------------------------------------------------------------------------------------

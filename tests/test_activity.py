@@ -162,6 +162,20 @@ def test_runs_by_hand_without_job_or_delivery_split_at_a_quiet_spell():
     assert runs[0].id != runs[1].id
 
 
+def test_retention_passes_reuse_their_job_id_and_split_at_a_quiet_spell():
+    retire = {"job_id": "retire-4711-0123456789abcdef", "trigger": "superseded", "branch": "main", "delivery": None}
+    entries = [e(4, 5000, **retire), e(3, 4990, **retire), e(2, 1000, **retire), e(1, 10, job_id="cleanup-1"),
+               e(0, 5, job_id="cleanup-1")]  # a cleanup's retry, however late, stays one run
+    runs = summary.group_runs(entries, gap=300)
+    assert [(r.kind, len(r.entries)) for r in runs] == [("retention pass", 2), ("retention pass", 1), ("cleanup", 2)]
+    older = runs[1]
+    newest, _, digest = summary.parse_run_id(older.id)
+    assert summary.pick_run(entries, newest, digest).entries == older.entries
+    # From a search hit: the newest entry of the key bounds the read, the hit picks its pass.
+    assert summary.pick_run(entries, runs[0].newest["id"], digest).entries == runs[0].entries
+    assert summary.pick_run(entries, entries[2]["id"], digest).entries == older.entries
+
+
 def test_a_run_reaching_the_end_of_what_was_read_is_partial():
     t = 1_790_000_000
     entries = [e(3, t + 5000, job_id="a"), e(2, t + 1000, job_id="b"), e(1, t + 990, job_id="c")]
@@ -397,6 +411,7 @@ def test_a_run_opens_to_its_decisions(client, conn):
     ("/activity?q=a%0Ab", 400),
     ("/?q=%00", 400),
     ("/activity?q=x&all=yes", 400),
+    ("/activity/run/99-0.0-0.0123456789abcdef?at=nope", 400),
     ("/activity/nothing-here", 404),
 ])
 def test_bad_input_is_a_clear_4xx(client, conn, path, status):
@@ -405,7 +420,8 @@ def test_bad_input_is_a_clear_4xx(client, conn, path, status):
     assert resp.status_code == status
     if path.startswith("/activity/run/") or "q=" in path:
         body = resp.get_data(as_text=True)
-        assert ("run id" in body or "no such run" in body or "search text" in body or "all must be" in body), body[:300]
+        assert ("run id" in body or "no such run" in body or "search text" in body or "all must be" in body
+                or "at must be" in body), body[:300]
 
 
 def test_search_by_project_branch_or_tag(client, conn):
@@ -556,3 +572,21 @@ def test_a_dead_redis_is_a_503_page_without_the_password():
         assert resp.status_code == 503, path
         body = resp.get_data(as_text=True)
         assert "queue unavailable (Redis)" in body and redis_password not in body
+
+
+def test_a_search_hit_opens_its_own_retention_pass(client, conn):
+    now = time.time()
+    retire = {"job_id": "retire-4711-0123456789abcdef", "trigger": "superseded", "branch": "main", "delivery": None,
+              "decision": "deleted", "reason_kind": "superseded"}
+    for tag in ("old-1", "old-2"):
+        audit.record(conn, entry(time=now - 3600, tag=tag, **retire))
+    for tag in ("new-1", "new-2"):
+        audit.record(conn, entry(time=now, tag=tag, **retire))
+    text = page(client, "/activity?q=old-1")
+    link = html.unescape(re.search(r'href="(/activity/run/[^"]+)"', text).group(1))
+    assert "?at=" in link
+    assert sorted(re.findall(r'data-tag="([^"]*)"', page(client, link))) == ["old-1", "old-2"]
+    # The page lists the two passes apart.
+    runs = re.findall(r'<tr class="run" data-run="([^"]+)">', page(client))
+    assert len(runs) == 2
+    assert sorted(re.findall(r'data-tag="([^"]*)"', page(client, f"/activity/run/{runs[0]}"))) == ["new-1", "new-2"]
