@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-for b in intake cleanup scale sweep latency history "history --rss" retention; do
+for b in intake cleanup scale sweep latency history "history --rss" retention activity; do
   echo "== $b  ($(uptime))"
   # shellcheck disable=SC2086  # "history --rss" is a module and its option
   "$PY" -m bench.$b

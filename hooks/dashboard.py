@@ -1,9 +1,10 @@
-"""The operator's view: rq-dashboard at /rq/ and the audit trail at GET /audit, behind HTTP basic auth.
+"""The operator's view: rq-dashboard at /rq/, the audit trail at GET /audit and the activity page
+(hooks/activity.py) at / and /activity, behind HTTP basic auth.
 
-Both exist only when DASHBOARD_USER and DASHBOARD_PASSWORD are set; otherwise /rq/ and
-/audit answer 404 and a start-up line on the "tagsweeper.hooks" logger says how to turn
+They exist only when DASHBOARD_USER and DASHBOARD_PASSWORD are set; otherwise /rq/, /audit and
+the activity page answer 404 and a start-up line on the "tagsweeper.hooks" logger says how to turn
 them on. rq-dashboard has no authentication of its own, so every request under /rq/ and
-to /audit passes `guard` first, before the dashboard opens a Redis connection. The
+to /audit or the activity page passes `guard` first, before the dashboard opens a Redis connection. The
 password is only ever compared (constant time, on digests): never logged, never sent.
 
 rq-dashboard 0.9.0 with RQ 3.0 and Flask 3, and what is configured here instead of patched:
@@ -38,6 +39,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis
 from flask import Flask, current_app, jsonify, redirect, request, url_for
 
+from hooks import activity
 from hooks.intake import get_intake
 from hooks.logs import LOGGER_NAME
 from workers.common.projects import parse_project
@@ -57,7 +59,8 @@ MAX_SINCE = 253402300799  # 9999-12-31T23:59:59Z; Redis stream ids cannot go muc
 MIN_SCRUBBED_LENGTH = 8
 SECRETS_KEY = "tagsweeper.dashboard.secrets"
 
-_OFF_HINT = "set DASHBOARD_USER and DASHBOARD_PASSWORD to serve rq-dashboard at /rq/ and the audit trail at /audit"
+_OFF_HINT = ("set DASHBOARD_USER and DASHBOARD_PASSWORD to serve rq-dashboard at /rq/, the audit trail at /audit "
+             "and the activity page at /")
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -84,12 +87,13 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
     setup_rq_connection(app)  # builds the client only: start-up needs no Redis
     app.add_url_rule(AUDIT_PATH, "audit", audit, methods=["GET"])
+    activity.init_app(app)  # the activity page at / and /activity, for people
     secrets = [password, redis_password or "", *app.config["WEBHOOK_SECRETS"], app.config["GITLAB_TOKEN"]]
     app.extensions[SECRETS_KEY] = tuple(sorted({s.encode("utf-8") for s in secrets if len(s) >= MIN_SCRUBBED_LENGTH},
                                                key=len, reverse=True))
     app.before_request(guard)
     app.after_request(scrub)
-    log.info("dashboard on at /rq/ and /audit (HTTP basic auth)", extra={"dashboard": "on"})
+    log.info("dashboard on at /rq/ and /audit, activity page at / (HTTP basic auth)", extra={"dashboard": "on"})
 
 
 def dashboard_redis_url(url: str) -> tuple[str, str | None]:
@@ -122,7 +126,7 @@ def dashboard_redis_url(url: str) -> tuple[str, str | None]:
 
 
 def guarded(path: str) -> bool:
-    return path == AUDIT_PATH or path == PREFIX or path.startswith(PREFIX + "/")
+    return path == AUDIT_PATH or path == PREFIX or path.startswith(PREFIX + "/") or activity.guarded(path)
 
 
 def guard():

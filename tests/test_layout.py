@@ -42,7 +42,7 @@ for event, name in (("Merge Request Hook", "merge_request_merge.json"), ("Push H
     headers["Idempotency-Key"] = headers["X-Gitlab-Event-UUID"] = name
     answered[name] = client.post("/hooks/gitlab", data=(payloads / name).read_bytes(), headers=headers).status_code
 auth = {"Authorization": "Basic " + base64.b64encode(b"ops:layout-dashboard-password").decode()}
-for path in ("/healthz", "/readyz", "/metrics", "/audit", "/rq/0/data/queues.json"):
+for path in ("/healthz", "/readyz", "/metrics", "/audit", "/rq/0/data/queues.json", "/", "/activity?q=feature"):
     answered[path] = client.get(path, headers=auth).status_code
 print(json.dumps({"answered": answered,
                   "loaded": sorted(name for name in sys.modules if name.split(".")[0] == "workers")}))

@@ -7,7 +7,8 @@ is the time Redis stored it, in milliseconds, so "since" is a range read, not a 
 
 `record()` and `read()` are the API (the dashboard and `tagsweeper status` read through it);
 `attach()` makes a cleanup's Report write every decision here, together with the
-`tags_total` counter of workers/common/metrics.py, in one round trip per decision.
+`tags_total` counter of workers/common/metrics.py and the hourly counts of
+workers/common/activity.py (the activity page's), in one round trip per decision.
 `tagsweeper audit` (workers/cli/audit.py) prints the trail.
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import redis
 
-from workers.common import metrics
+from workers.common import activity, metrics
 from workers.common import keys
 from workers.common import settings as config
 from workers.common.projects import parse_project
@@ -93,6 +94,7 @@ def _add(pipe: Any, entry: Mapping[str, Any], secrets: Iterable[str], limit: int
     entry.setdefault("time", time.time())
     entry.setdefault("reason_kind", metrics.reason_kind(entry.get("decision") or "", entry.get("code")))
     pipe.xadd(STREAM, _encode(entry, secrets), maxlen=limit, approximate=True)
+    activity.count(pipe, entry)  # the activity page's hourly counts, in the same round trip
 
 
 def record(conn: redis.Redis, entry: dict, *, secrets: Iterable[str] = (), max_entries: int | None = None) -> None:
@@ -102,7 +104,9 @@ def record(conn: redis.Redis, entry: dict, *, secrets: Iterable[str] = (), max_e
     Known `secrets`, and anything shaped like a token, are replaced by *** first.
     """
     limit = max_entries if max_entries is not None else config.audit_max_entries()
-    _add(conn, entry, secrets, limit)
+    pipe = conn.pipeline(transaction=False)
+    _add(pipe, entry, secrets, limit)
+    pipe.execute()
 
 
 def read(conn: redis.Redis, *, project: int | str | None = None, since: float | None = None,

@@ -16,6 +16,15 @@ AUDIT = f"{ROOT}:audit"
 # Set: every project a job has seen; the scheduled sweep covers them (workers.sweep.schedule).
 PROJECTS = f"{ROOT}:projects"
 
+# Hash: project id -> its path, as the audit trail last named it (workers.common.activity).
+ACTIVITY_PROJECTS = f"{ROOT}:activity:projects"
+
+
+def activity_day(day: str) -> str:
+    """Hash: one UTC day's audit entries counted by hour, project, decision and reason kind
+    (`HH|<project id>|<decision>|<reason_kind>` -> count), expiring after ACTIVITY_DAYS (workers.common.activity)."""
+    return f"{ROOT}:activity:day:{day}"
+
 
 def metric(family: str) -> str:
     """Hash: one metric family's series, label string -> value (workers.common.metrics)."""
