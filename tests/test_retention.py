@@ -161,3 +161,26 @@ def test_unset_keep_commits_changes_nothing_and_a_branch_outside_the_pattern_is_
     assert "KEEP_COMMITS_BRANCHES" in outside["skipped"]
     assert tags_of(*develop) <= main.present()
     conn.close()
+
+
+def test_the_newest_success_is_the_branchs_own_pipeline_also_under_gitlab_18s_ref_filter(
+        gitlab, gitlab_stack, redis_url, client):
+    """With GitLab 18's include_reserved_refs_in_ref_filter, `?ref=develop` also lists the
+    pipelines of develop's merge requests: a successful merged-results pipeline (on a temporary
+    merge commit) must not stand for develop's newest commit whose pipeline succeeded."""
+    gitlab.include_reserved_refs_in_ref_filter = True
+    main = Main(gitlab, 3)
+    made = main.build("develop", 4)
+    ok, failed = made[1], made[2:]
+    for pipeline in main.project.pipelines.values():
+        if pipeline.ref == "develop" and pipeline.sha in failed:
+            main.project.update_pipeline(pipeline.id, "failed")
+    main.project.add_merge_request(1, "develop", "main")
+    main.project.add_pipeline("ab" * 20, "refs/merge-requests/1/merge", source="merge_request_event")
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"), keep_commits=1)
+    conn = redis.Redis.from_url(redis_url)
+    report = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="develop")
+    conn.close()
+    # made[3] is the newest and the open merge request's head; made[1] the newest that passed.
+    main.assert_gone_exactly(tags_of(made[0], made[2]))
+    assert "succeeded" in kept_because(report, ok)

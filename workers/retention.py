@@ -166,10 +166,7 @@ class Retention:
         self.load()
         gl, pid = self.gl, ctx.pid
         asked = candidates | newest
-        success = gl.pipelines_page(pid, {"ref": branch, "status": "success", "order_by": "id", "sort": "desc",
-                                          "per_page": 1, "page": 1})
-        newest_success = next((p.get("sha") for p in success if isinstance(p, dict) and rules.is_sha(p.get("sha"))),
-                              None)
+        newest_success = self.newest_success(branch)
         firsts = self.record.first_built(asked)
         facts = rules.RetentionFacts(
             branch=branch, keep=keep, min_age=self.settings.keep_commits_min_age, now=time.time(),
@@ -200,6 +197,20 @@ class Retention:
         result = self.result(report, stats)
         cleanup.raise_if_incomplete(report, result, "the retention pass")
         return result
+
+    def newest_success(self, branch: str, pages: int = 3) -> str | None:
+        """The commit of the branch's own newest successful pipeline. GitLab 18's
+        include_reserved_refs_in_ref_filter makes `?ref=` list the branch's merge-request pipelines
+        too (a merged-results one runs on a temporary merge commit): only `ref == branch` counts."""
+        for page in range(1, pages + 1):
+            items = self.gl.pipelines_page(self.ctx.pid, {"ref": branch, "status": "success", "order_by": "id",
+                                                          "sort": "desc", "per_page": 100, "page": page})
+            for p in items:
+                if isinstance(p, dict) and p.get("ref") == branch and rules.is_sha(p.get("sha")):
+                    return p["sha"]
+            if len(items) < 100:
+                break
+        return None
 
     def other_refs(self, branch: str, shas: set[str]) -> dict[str, frozenset[str]]:
         """Per commit (and per commit sharing its short SHA), the live refs other than `branch`
