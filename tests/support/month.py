@@ -1588,7 +1588,7 @@ class MonthRun:
                                  job_id=f"month-sweep-{self.project.id}-{uuid.uuid4().hex[:6]}", timeout=900,
                                  description=f"scheduled sweep of project {self.project.id}")
             self.burst("the sweep job")
-            status = job.get_status(refresh=True)
+            status = getattr(job.get_status(refresh=True), "value", None)
             self.sweep_report = job.return_value() if status == "finished" else None
         finally:
             conn.close()
