@@ -14,7 +14,10 @@ images included (what live environments run or may roll back to).
 1. After every burst and after the sweep, every live tag CI pushed is there at the digest CI
    pushed last (a deletion followed by a re-push would hide from a check at the end only): no
    deployed image is ever deleted.
-2. After the sweep, each repository holds exactly the live set: every dead tag gone, nothing extra.
+2. After the sweep, each repository holds exactly the live set: every dead tag gone, nothing extra
+   (but the commit of a deployment GitLab deleted, which tagsweeper's copy of the deployments
+   keeps on the safe side while it would be among its live environment's newest: not required,
+   tolerated, and logged).
 3. No job failed (or waits for a retry; a re-check waiting for its time is no such job).
 
 With retention on (KEEP_COMMITS=3, KEEP_COMMITS_MIN_AGE=0, RETIRE_DELAY of a second: each
