@@ -36,6 +36,11 @@ What it models (everything is decided by one seed, so a failing month can be rep
   so cleanups decide late, after GitLab's state moved on. Its re-checks (IN_USE_RECHECK, a few
   seconds here) run in a later burst. At the end: one last burst, then one `tagsweeper sweep`.
 
+With retention on (`MonthRun(keep_commits=N)`: the service runs with KEEP_COMMITS=N and
+KEEP_COMMITS_MIN_AGE=0), a successful Pipeline Hook schedules a pass of its branch, run in a
+later burst, and the month ends with the scheduled sweep job (a sweep, then a pass of every live
+branch) instead of `tagsweeper sweep`; the oracle then lets a live branch's superseded commits go.
+
 `generate(seed, scale)` is pure: it returns the month as a `Script` (steps, worker bursts) and
 makes no call to anything. `MonthRun` plays a script against the GitLab emulator, the real
 registry and the real service. `live_tags` is the oracle: which pushed tags must exist, from
