@@ -232,3 +232,47 @@ def test_a_short_sha_named_like_a_deleted_branch_in_use_stays(gitlab, gitlab_sta
     assert in_use_by.split()[0] in kept_because(report, "cafebabe")
     assert tags_of(*newer) <= main.present()
     conn.close()
+
+
+def test_the_newest_success_is_the_branchs_own_pipeline_also_under_gitlab_18s_ref_filter(
+        gitlab, gitlab_stack, redis_url, client):
+    """With GitLab 18's include_reserved_refs_in_ref_filter, `?ref=develop` also lists the
+    pipelines of develop's merge requests: a successful merged-results pipeline (on a temporary
+    merge commit) must not stand for develop's newest commit whose pipeline succeeded."""
+    gitlab.include_reserved_refs_in_ref_filter = True
+    main = Main(gitlab, 3)
+    made = main.build("develop", 4)
+    ok, failed = made[1], made[2:]
+    for pipeline in main.project.pipelines.values():
+        if pipeline.ref == "develop" and pipeline.sha in failed:
+            main.project.update_pipeline(pipeline.id, "failed")
+    main.project.add_merge_request(1, "develop", "main")
+    main.project.add_pipeline("ab" * 20, "refs/merge-requests/1/merge", source="merge_request_event")
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"), keep_commits=1)
+    conn = redis.Redis.from_url(redis_url)
+    report = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="develop")
+    conn.close()
+    # made[3] is the newest and the open merge request's head; made[1] the newest that passed.
+    main.assert_gone_exactly(tags_of(made[0], made[2]))
+    assert "succeeded" in kept_because(report, ok)
+
+
+def test_a_newest_success_buried_under_300_merge_request_pipelines_is_unclear_and_nothing_goes(
+        gitlab, gitlab_stack, redis_url, client):
+    """Under the same flag, when the branch's own newest success is not among the 300 newest
+    successful pipelines `?ref=` lists, the pass cannot know which commit that is: it retires nothing."""
+    gitlab.include_reserved_refs_in_ref_filter = True
+    main = Main(gitlab, 3)
+    made = main.build("develop", 4)
+    for pipeline in main.project.pipelines.values():
+        if pipeline.ref == "develop" and pipeline.sha in made[2:]:
+            main.project.update_pipeline(pipeline.id, "failed")
+    main.project.add_merge_request(1, "develop", "main")
+    for i in range(301):
+        main.project.add_pipeline(made[3], "refs/merge-requests/1/head", source="merge_request_event")
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"), keep_commits=1)
+    conn = redis.Redis.from_url(redis_url)
+    report = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="develop")
+    conn.close()
+    assert "not among the 300 newest successful pipelines" in report["skipped"]
+    main.assert_gone_exactly(set())

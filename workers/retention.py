@@ -55,6 +55,10 @@ class RetentionError(Exception):
     """A retention pass that cannot run as asked (unknown project, retention off); retrying will not help."""
 
 
+class Unclear(Exception):
+    """A fact a pass relies on cannot be established: the pass retires nothing."""
+
+
 class Retention:
     """Retention passes of one project's live branches, sharing what GitLab said of the project."""
 
@@ -166,10 +170,12 @@ class Retention:
         self.load()
         gl, pid = self.gl, ctx.pid
         asked = candidates | newest
-        success = gl.pipelines_page(pid, {"ref": branch, "status": "success", "order_by": "id", "sort": "desc",
-                                          "per_page": 1, "page": 1})
-        newest_success = next((p.get("sha") for p in success if isinstance(p, dict) and rules.is_sha(p.get("sha"))),
-                              None)
+        try:
+            newest_success = self.newest_success(branch)
+        except Unclear as exc:  # what the rules need is not known: keep everything, say why
+            report.skip(str(exc))
+            trail.skipped(report)
+            return self.result(report, stats)
         firsts = self.record.first_built(asked)
         other_refs = self.other_refs(branch, asked)  # first: it learns merge requests in_use may need
         in_use = self.deployed(asked)
@@ -211,6 +217,21 @@ class Retention:
         result = self.result(report, stats)
         cleanup.raise_if_incomplete(report, result, "the retention pass")
         return result
+
+    def newest_success(self, branch: str, pages: int = 3) -> str | None:
+        """The commit of the branch's own newest successful pipeline. GitLab 18's
+        include_reserved_refs_in_ref_filter makes `?ref=` list the branch's merge-request pipelines
+        too (a merged-results one runs on a temporary merge commit): only `ref == branch` counts."""
+        for page in range(1, pages + 1):
+            items = self.gl.pipelines_page(self.ctx.pid, {"ref": branch, "status": "success", "order_by": "id",
+                                                          "sort": "desc", "per_page": 100, "page": page})
+            for p in items:
+                if isinstance(p, dict) and p.get("ref") == branch and rules.is_sha(p.get("sha")):
+                    return p["sha"]
+            if len(items) < 100:
+                return None  # every successful pipeline read: the branch never passed
+        raise Unclear(f"the newest successful pipeline of branch {branch!r} is not among the {pages * 100} "
+                      "newest successful pipelines GitLab lists for it: nothing is retired")
 
     def other_refs(self, branch: str, shas: set[str]) -> dict[str, frozenset[str]]:
         """Per commit (and per commit sharing its short SHA), the live refs other than `branch`

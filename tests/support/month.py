@@ -36,6 +36,11 @@ What it models (everything is decided by one seed, so a failing month can be rep
   so cleanups decide late, after GitLab's state moved on. Its re-checks (IN_USE_RECHECK, a few
   seconds here) run in a later burst. At the end: one last burst, then one `tagsweeper sweep`.
 
+With retention on (`MonthRun(keep_commits=N)`: the service runs with KEEP_COMMITS=N and
+KEEP_COMMITS_MIN_AGE=0), a successful Pipeline Hook schedules a pass of its branch, run in a
+later burst, and the month ends with the scheduled sweep job (a sweep, then a pass of every live
+branch) instead of `tagsweeper sweep`; the oracle then lets a live branch's superseded commits go.
+
 `generate(seed, scale)` is pure: it returns the month as a `Script` (steps, worker bursts) and
 makes no call to anything. `MonthRun` plays a script against the GitLab emulator, the real
 registry and the real service. `live_tags` is the oracle: which pushed tags must exist, from
@@ -962,7 +967,7 @@ class Payloads:
 # The oracle: which pushed tags must exist, from GitLab's state and what CI pushed
 # =====================================================================================
 
-def live_tags(project) -> dict[str, str]:
+def live_tags(project, keep_commits: int | None = None) -> dict[str, str]:
     """Every tag name that is live now, with why: the oracle, independent of the product.
 
     - a branch slug of a live branch or of the source branch of an open merge request, a live
@@ -977,7 +982,18 @@ def live_tags(project) -> dict[str, str]:
       a merge request's refs/merge-requests/<iid>/…, its source branch's: that pipeline's
       $CI_COMMIT_REF_SLUG). Failed, canceled and running deployments count for nothing, and a
       stopped environment keeps nothing.
-    PROTECTED_TAGS names are live too; `is_live` checks those."""
+    PROTECTED_TAGS names are live too; `is_live` checks those.
+
+    With retention on (`keep_commits`: KEEP_COMMITS, every branch, KEEP_COMMITS_MIN_AGE=0), a live
+    branch's pipelines keep a commit only while it is among the `keep_commits` newest distinct
+    commits the branch's pipelines built (newest: highest pipeline id there) or the commit of its
+    newest successful pipeline: an older commit ("superseded" on that branch) is live only when
+    something else claims it, as the issue lists: another live ref built it (a live git tag's
+    pipeline, an open merge request's, another live branch's), it is a live branch's head, a git
+    tag's commit, an open merge request's head (`mr.sha`), deployed as above, or a protected name.
+    A merge request's pipeline counts for its source branch once the merge request is not open,
+    as it did for the dead-branch rules. A fast-forward merge's head is the target's commit: it is
+    claimed as before unless some live branch superseded it (then the claims above decide)."""
     lock = project._emu.lock if project._emu is not None else None
     with lock:
         branches = dict(project.branches)
@@ -985,6 +1001,7 @@ def live_tags(project) -> dict[str, str]:
         mrs = {mr.iid: (mr.state, mr.source_branch, mr.target_branch, mr.merge_commit_sha, mr.squash, mr.sha)
                for mr in project.merge_requests.values()}
         pipelines = [(pl.id, pl.ref, pl.sha, pl.tag) for pl in project.pipelines.values()]
+        statuses = {pl.id: pl.status for pl in project.pipelines.values()}
         environments = [(env.name, env.state, sorted(((d.id, d.sha, d.ref) for d in env.deployments
                                                       if d.status == "success"), reverse=True))
                         for env in project.environments.values()]
@@ -1005,16 +1022,66 @@ def live_tags(project) -> dict[str, str]:
             return state == "opened" or source in branches
         return ref in git_tags if tag else ref in branches
 
+    def live_label(ref: str, tag: bool) -> str | None:
+        """What a pipeline's ref stands for while it is live: `branch:NAME` (a merge request's
+        pipelines are its source branch's once it is not open), `tag:NAME`, `mr:IID`; None: dead."""
+        m = re.fullmatch(r"refs/merge-requests/(\d+)/(head|merge|train)", ref)
+        if m:
+            state, source = mrs.get(int(m.group(1)), ("?", None))[:2]
+            if state == "opened":
+                return f"mr:{m.group(1)}"
+            return f"branch:{source}" if source in branches else None
+        if tag:
+            return f"tag:{ref}" if ref in git_tags else None
+        return f"branch:{ref}" if ref in branches else None
+
+    # Retention: per live branch, the commits its own pipelines built that are neither among its
+    # `keep_commits` newest nor its newest successful pipeline's.
+    superseded: dict[str, set[str]] = {}
+    if keep_commits is not None:
+        for b in branches:
+            order: dict[str, int] = {}
+            success = None
+            for pid, ref, sha, tag in pipelines:
+                if ref == b and not tag:
+                    order[sha] = max(order.get(sha, 0), pid)
+                    if statuses[pid] == "success" and (success is None or pid > success[0]):
+                        success = (pid, sha)
+            kept = set(sorted(order, key=lambda sha: (-order[sha], sha))[:keep_commits])
+            if success is not None:
+                kept.add(success[1])
+            superseded[b] = set(order) - kept
+
     commits: dict[str, str] = {}
     for b, head in sorted(branches.items()):
         commits.setdefault(head, f"head of live branch {b!r}")
     for t, sha in sorted(git_tags.items()):
         commits.setdefault(sha, f"commit of live git tag {t!r}")
-    for pid, ref, sha, tag in pipelines:
-        if ref_live(ref, tag):
-            commits.setdefault(sha, f"pipeline #{pid} ran on it on live ref {ref!r}")
+    if keep_commits is None:
+        for pid, ref, sha, tag in pipelines:
+            if ref_live(ref, tag):
+                commits.setdefault(sha, f"pipeline #{pid} ran on it on live ref {ref!r}")
+    else:
+        labels: dict[str, dict[str, tuple[int, str]]] = {}  # sha -> live label -> (a pipeline, its ref)
+        for pid, ref, sha, tag in pipelines:
+            label = live_label(ref, tag)
+            if label is not None:
+                labels.setdefault(sha, {}).setdefault(label, (pid, ref))
+        for sha, found in labels.items():
+            # One live branch alone built it, and superseded it there: nothing claims it on that account.
+            if len(found) == 1 and (only := next(iter(found))).startswith("branch:") \
+                    and sha in superseded.get(only[len("branch:"):], ()):
+                continue
+            (pid, ref), = list(found.values())[:1]
+            commits.setdefault(sha, f"pipeline #{pid} ran on it on live ref {ref!r}"
+                                    + (f" (and {len(found) - 1} more live refs)" if len(found) > 1 else ""))
+        for iid, (state, *_rest, head) in sorted(mrs.items()):
+            if state == "opened" and head:
+                commits.setdefault(head, f"head of open !{iid}")
+    gone_by_retention = set().union(*superseded.values()) if superseded else set()
     for iid, (state, _source, target, merge_sha, squash, head) in sorted(mrs.items()):
-        if state == "merged" and merge_sha is None and not squash and head and target in branches:
+        if state == "merged" and merge_sha is None and not squash and head and target in branches \
+                and head not in gone_by_retention:
             commits.setdefault(head, f"head of !{iid}, fast-forward merged into live {target!r}")
     for env, state, done in sorted(environments):
         if state not in ("available", "stopping") or not done:
@@ -1084,8 +1151,12 @@ class MonthRun:
     deliveries and their fates, bursts); failures quote the lines about the failing tag."""
 
     def __init__(self, script: Script, emu, service, workdir: Path, project_id: int | None = None,
-                 history_start: dt.datetime | None = None):
+                 history_start: dt.datetime | None = None, keep_commits: int | None = None):
         self.script = script
+        # Set: the service runs with retention on (KEEP_COMMITS, KEEP_COMMITS_MIN_AGE=0), the oracle
+        # lets superseded commits go, and the month ends with the scheduled sweep job (which runs
+        # a retention pass of every live branch) instead of `tagsweeper sweep`.
+        self.keep_commits = keep_commits
         # Set: the script is history that happened before tagsweeper was installed, spread from
         # `history_start` to now (each step one slot, pipelines dated in it, as GitLab keeps them).
         self.history_start = history_start
@@ -1111,6 +1182,7 @@ class MonthRun:
         self.merges: dict[int, dict] = {}
         self.branches = {"main"}  # what the script says exists; held against the emulator each step
         self.running: dict[str, int] = {}  # environment -> its deployment still running
+        self.deleted_deployments: dict[str, list[tuple[int, str]]] = {}  # environment -> [(id, sha)] deleted
         self.violations: list[Violation] = []
         self.bursts = 0
         self.burst_seconds: list[float] = []
@@ -1134,7 +1206,7 @@ class MonthRun:
     # -- the month -------------------------------------------------------------------------
     def run(self) -> None:
         self.log(f"month seed={self.seed} scale={self.script.scale} project={self.project.id} "
-                 f"{self.project.path} repositories={self.repos}")
+                 f"{self.project.path} repositories={self.repos} keep_commits={self.keep_commits}")
         self.log(f"main starts at {self.project.branches['main']}")
         for name in RELEASE_ENVIRONMENTS:  # configured in .gitlab-ci.yml with a stop action
             self.project.add_environment(name, tier=name, auto_stop_setting="with_action")
@@ -1152,7 +1224,10 @@ class MonthRun:
         self.step = len(self.script.steps)
         self.flush(None)  # GitLab sends what is late eventually
         self.burst(f"the last burst (after step {self.step - 1})")
-        self.sweep()
+        if self.keep_commits is None:
+            self.sweep()
+        else:
+            self.sweep_job()
 
     # -- GitLab's side: the steps -----------------------------------------------------------
     def head(self, branch: str) -> str:
@@ -1359,6 +1434,7 @@ class MonthRun:
             return
         dep = done[step.back - 1]
         self.project.delete_deployment(dep.id)
+        self.deleted_deployments.setdefault(step.environment, []).append((dep.id, dep.sha))
         self.log(f"       deployment #{dep.id} of {step.environment} ({dep.ref} at {dep.sha}) deleted")
 
     # -- CI ----------------------------------------------------------------------------------
@@ -1509,6 +1585,26 @@ class MonthRun:
         assert proc.returncode == 0, f"sweep exited {proc.returncode}: {proc.stderr[-2000:]}"
         self.check("after the sweep")
 
+    def sweep_job(self) -> None:
+        """The scheduled sweep, as the worker's schedule enqueues it (`workers.jobs.sweep_project`), run
+        by one more burst: the sweep, then a retention pass of every live branch."""
+        conn = redis.Redis.from_url(self.service.redis_url)
+        try:
+            q = Queue(self.service.env.get("RQ_QUEUE", "tagsweeper"), connection=conn)
+            job = q.enqueue_call("workers.jobs.sweep_project", kwargs={"project": self.project.id},
+                                 job_id=f"month-sweep-{self.project.id}-{uuid.uuid4().hex[:6]}", timeout=900,
+                                 description=f"scheduled sweep of project {self.project.id}")
+            self.burst("the sweep job")
+            status = getattr(job.get_status(refresh=True), "value", None)
+            self.sweep_report = job.return_value() if status == "finished" else None
+        finally:
+            conn.close()
+        (self.workdir / "sweep.json").write_text(json.dumps(self.sweep_report, indent=2))
+        retention = [(r.get("branch"), r.get("summary")) for r in (self.sweep_report or {}).get("retention", [])]
+        self.log(f"[{self.step:04d}] SWEEP JOB: {status}, {(self.sweep_report or {}).get('summary')}; "
+                 f"retention {retention}")
+        assert status == "finished", f"the sweep job {status}; see {self.worker_log}"
+
     def registry_state(self, resolve: Iterable[tuple[str, str]] = ()) -> dict[tuple[str, str], str | None]:
         """(repository, tag) -> digest for every tag in the registry now; the digest is looked up
         only for the tags in `resolve` (None for the others)."""
@@ -1530,7 +1626,7 @@ class MonthRun:
 
     def check(self, where: str) -> None:
         """No live tag is gone or moved (assertion 1); then remember which tags were dead now."""
-        live = live_tags(self.project)
+        live = live_tags(self.project, self.keep_commits)
         expected = self.expected(live)
         state = self.registry_state(resolve=expected)
         new: list[Violation] = []
@@ -1553,12 +1649,38 @@ class MonthRun:
         self.log(f"       checked {where}: {len(live)} live names, {len(state)} tags in the registry, "
                  f"{len(self.violations)} violations so far")
 
+    def held_by_deleted_deployments(self) -> dict[str, str]:
+        """Tag names a deployment GitLab deleted may still keep: tagsweeper's copy of GitLab's
+        deployments keeps a deleted one (the safe side, workers/deployments.py), so while it would
+        be among its live environment's newest KEEP_DEPLOYMENTS, its commit's tags may stay. Such a
+        tag is not required, and not counted as an extra either."""
+        held: dict[str, str] = {}
+        for name, deleted in sorted(self.deleted_deployments.items()):
+            env = self.environment(name)
+            if env is None or env.state not in ("available", "stopping"):
+                continue
+            gone = set(deleted)
+            ranked = sorted({(d.id, d.sha) for d in self.successful(name)} | gone, reverse=True)
+            for dep_id, sha in ranked[:KEEP_DEPLOYMENTS]:
+                if (dep_id, sha) in gone:
+                    why = f"deployment #{dep_id} of {name}, deleted by GitLab, among its newest in tagsweeper's copy"
+                    held.setdefault(sha, why)
+                    held.setdefault(sha[:8], why)
+        return held
+
     def final_difference(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(extras, missing) of the registry against exactly the live set (assertion 2)."""
-        live = live_tags(self.project)
+        live = live_tags(self.project, self.keep_commits)
         want = set(self.expected(live))
         have = set(self.registry_state())
-        return sorted(have - want), sorted(want - have)
+        tolerated = self.held_by_deleted_deployments()
+        extras = []
+        for repo, tag in sorted(have - want):
+            if tag in tolerated:
+                self.log(f"extra tolerated: {repo}:{tag}: {tolerated[tag]}")
+            else:
+                extras.append((repo, tag))
+        return extras, sorted(want - have)
 
     def jobs_not_done(self) -> dict[str, list[str]]:
         """Failed jobs, and jobs still waiting for a retry or running (assertion 3). A re-check
@@ -1568,7 +1690,8 @@ class MonthRun:
         try:
             q = Queue(self.service.env.get("RQ_QUEUE", "tagsweeper"), connection=conn)
             scheduled = ScheduledJobRegistry(queue=q).get_job_ids()
-            rechecks = [j for j in scheduled if j.startswith("recheck-")  # due later, never run: not a retry
+            # Due later, never run: not a retry (a re-check; a retention pass RETIRE_DELAY after a pipeline).
+            rechecks = [j for j in scheduled if j.startswith(("recheck-", "retire-"))
                         and (job := Job.fetch(j, connection=conn)) is not None and job.started_at is None]
             self.log(f"re-checks still scheduled at the end: {len(rechecks)}")
             return {name: ids for name, ids in (

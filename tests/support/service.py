@@ -104,8 +104,9 @@ class Service:
 
     def start_worker(self) -> subprocess.Popen:
         n = len(self.workers)
-        proc = self._spawn([sys.executable, "-m", "workers.cli", "worker", "--name", f"e2e-{os.getpid()}-{n}"],
-                           f"worker{n}.log")
+        # The port in the name: two services of one test session may run side by side on one Redis.
+        name = f"e2e-{os.getpid()}-{self.port}-{n}"
+        proc = self._spawn([sys.executable, "-m", "workers.cli", "worker", "--name", name], f"worker{n}.log")
         self.workers.append(proc)
         return proc
 
