@@ -276,3 +276,36 @@ def test_a_newest_success_buried_under_300_merge_request_pipelines_is_unclear_an
     conn.close()
     assert "not among the 300 newest successful pipelines" in report["skipped"]
     main.assert_gone_exactly(set())
+
+
+def test_one_pass_waits_per_branch_and_a_running_one_gets_one_successor(conn):
+    """schedule_retention on the real Redis and RQ: however many pipelines succeed, one pass waits
+    per branch; while one runs (it may have read GitLab before the newest success), one more waits
+    beside it under the branch's second id; a finished pass makes way."""
+    from rq import Queue
+    from rq.job import JobStatus
+
+    from workers.common import queue as jobqueue
+
+    q = Queue("retention-test", connection=conn)
+
+    def schedule(branch="main"):
+        return jobqueue.schedule_retention(q, project_id=7, branch=branch, delay=60, retries=0, intervals=())
+
+    first = jobqueue.retire_id(7, "main")
+    assert schedule() == (jobqueue.ENQUEUED, first)
+    assert [schedule() for _ in range(3)] == [(jobqueue.DUPLICATE, first)] * 3
+    assert schedule("develop")[0] == jobqueue.ENQUEUED  # another branch, its own pass
+
+    q.fetch_job(first).set_status(JobStatus.STARTED)  # the pass runs
+    assert schedule() == (jobqueue.ENQUEUED, first + "-next")
+    assert schedule() == (jobqueue.DUPLICATE, first + "-next")
+
+    q.fetch_job(first).set_status(JobStatus.FINISHED)  # done; the successor still waits
+    assert schedule() == (jobqueue.DUPLICATE, first + "-next")
+    q.fetch_job(first + "-next").set_status(JobStatus.FAILED)  # history too
+    assert schedule() == (jobqueue.ENQUEUED, first)
+    job = q.fetch_job(first)
+    assert job.func_name == "workers.jobs.retire_branch" and job.kwargs == {
+        "project_id": 7, "branch": "main", "delivery": None}
+    assert job.get_status() == JobStatus.SCHEDULED and job.meta["trigger"] == "superseded"

@@ -3,7 +3,8 @@
 Jobs are named by dotted path (`CLEANUP_BRANCH`, `RECORD_PIPELINE`, `SWEEP_PROJECT`), so
 whoever enqueues one never imports `workers.jobs`. `Options` say how a kind of job is run
 and how long it is kept; `cleanup_options()` and `PIPELINE` are the two a delivery makes.
-`schedule_recheck()` runs a cleanup again later, while live environments still use its tags.
+`schedule_recheck()` runs a cleanup again later, while live environments still use its tags;
+`schedule_retention()` schedules a live branch's retention pass, one pending per branch.
 
 `enqueue()` builds the RQ job and writes it with RQ 3.0's unique-enqueue script
 (`rq.scripts`): one Redis round trip that refuses an id that is a job already, else saves
@@ -48,8 +49,8 @@ PIPELINE_RETRY = (3, (10,))
 RECHECK_RESULT_TTL = DAY  # a re-check's report, for the dashboard; its id is never asked for again
 RETIRE_RESULT_TTL = DAY  # a retention pass's report, for the dashboard, until the next pass replaces it
 RETIRE_FAILURE_TTL = 7 * DAY
-# An existing retention job in these states is the branch's pending pass; in any other it is history.
-PENDING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED})
+# A retention job in these states is the branch's pending pass; running, it may have read too early.
+WAITING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
 
 ENQUEUED = "enqueued"
 DUPLICATE = "duplicate"
@@ -108,10 +109,13 @@ def schedule_retention(queue: Queue, *, project_id: int, branch: str, delay: int
                        intervals: Sequence[int], delivery: str | None = None,
                        description: str | None = None) -> tuple[str, str]:
     """Run a retention pass of `branch` `delay` seconds from now (RETIRE_DELAY), unless one is
-    pending already (queued, scheduled or running): at most one per branch, however many
-    pipelines succeed meanwhile. A finished or failed pass of the branch is history: it makes way.
-    Returns (status, job id); DUPLICATE when one is pending."""
-    job_id = retire_id(project_id, branch)
+    waiting already (queued or scheduled): at most one pending per branch, however many pipelines
+    succeed meanwhile. A pass that is running may have read GitLab's pipelines before this one
+    succeeded, so the next pass waits beside it under the branch's second id (`-next`). A
+    finished or failed pass is history: it makes way. Returns (status, job id); DUPLICATE (and
+    the pending pass's id) when one is waiting."""
+    first = retire_id(project_id, branch)
+    ids = (first, first + "-next")
     options = Options(result_ttl=RETIRE_RESULT_TTL, failure_ttl=RETIRE_FAILURE_TTL, delay=delay,
                       retry=(retries, tuple(intervals)) if retries else None)
     kwargs = {"project_id": int(project_id), "branch": branch, "delivery": delivery}
@@ -121,17 +125,19 @@ def schedule_retention(queue: Queue, *, project_id: int, branch: str, delay: int
         if status == ENQUEUED:
             pipe.hincrby(metrics.CLEANUPS_ENQUEUED.key, metrics.cleanup_series("superseded"), 1)
 
-    for _ in range(2):
-        status = enqueue(queue, RETIRE_BRANCH, job_id, kwargs=kwargs, options=options, description=description,
-                         meta=meta, then=count)
-        if status == ENQUEUED:
-            return status, job_id
-        old = queue.fetch_job(job_id)
-        if old is not None and old.get_status(refresh=False) in PENDING:
+    jobs = {job_id: queue.fetch_job(job_id) for job_id in ids}
+    states = {job_id: job.get_status(refresh=False) if job is not None else None for job_id, job in jobs.items()}
+    for job_id, state in states.items():
+        if state in WAITING:
             return DUPLICATE, job_id
-        if old is not None:
-            old.delete()  # the last pass, done: a new one takes its id (two racing here make one)
-    return DUPLICATE, job_id
+    for job_id in ids:
+        if states[job_id] == JobStatus.STARTED:
+            continue
+        if jobs[job_id] is not None:
+            jobs[job_id].delete()  # the last pass under this id, done (two racing here make one)
+        return enqueue(queue, RETIRE_BRANCH, job_id, kwargs=kwargs, options=options, description=description,
+                       meta=meta, then=count), job_id
+    return DUPLICATE, ids[1]  # both running: the second started after this pipeline's success
 
 
 def enqueue(queue: Queue, func: str, job_id: str, *, kwargs: Mapping[str, Any], options: Options,
