@@ -309,3 +309,30 @@ def test_one_pass_waits_per_branch_and_a_running_one_gets_one_successor(conn):
     assert job.func_name == "workers.jobs.retire_branch" and job.kwargs == {
         "project_id": 7, "branch": "main", "delivery": None}
     assert job.get_status() == JobStatus.SCHEDULED and job.meta["trigger"] == "superseded"
+
+
+def test_a_sweep_that_finds_a_retired_commits_tag_again_lets_the_next_pass_decide_it(
+        gitlab, gitlab_stack, redis_url, client):
+    """What a pass remembers as retired is a cache of what it deleted. A tag pushed again some other
+    way (here: the registry restored from a backup) is seen by the sweep, which lists every tag; the
+    pass after the sweep (the sweep job runs one) deletes it again."""
+    from workers import sweep
+
+    main = Main(gitlab, 8)
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"), keep_commits=3)
+    conn = redis.Redis.from_url(redis_url)
+    retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    old = main.commits[0]
+    main.assert_gone_exactly(tags_of(*main.commits[:5]))
+    restored = gitlab.registry_client.push_image(main.path, [old, old[:8]], content="restored")
+
+    again = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    assert again["summary"]["deleted"] == 0  # remembered as retired: not asked about
+
+    swept = sweep.run_project(main.project.id, gitlab=client, conn=conn, settings=settings)
+    assert swept["summary"]["deleted"] == 0  # built on live main: the sweep keeps it
+    assert gitlab.registry_client.resolve(main.path, old) == restored
+    after = retention.run(main.project.id, gitlab=client, conn=conn, settings=settings, branch="main")
+    assert after["summary"]["deleted"] == 2
+    main.assert_gone_exactly(tags_of(*main.commits[:5]))
+    conn.close()

@@ -24,8 +24,9 @@ gone, in every repository is remembered as retired (keys.retired, with the id of
 pipeline on the branch then) and not asked about again unless the branch builds it again;
 only commits something still claims are looked at by the next pass. Project-wide facts are
 read only when some branch has commits left to decide, so a pass with nothing to do costs a
-pipelines sync and the branch list. A retired commit whose tag another ref's pipeline pushes
-again later is not deleted a second time: that errs on the side of keeping.
+pipelines sync and the branch list. A retired commit whose tag is pushed again some other way
+(another ref's pipeline, a restored registry) is found by the next sweep, which lists every tag:
+it forgets the retirement (`forget_retired`), and the pass after the sweep decides it again.
 """
 
 from __future__ import annotations
@@ -291,6 +292,17 @@ class Retention:
         out = report.as_dict()
         out["retention"] = stats
         return out
+
+
+def forget_retired(conn: redis.Redis, project_id: int, branches: list[str], shas: set[str]) -> None:
+    """The commits among `shas` have tags in the registry (a sweep saw them): none of them counts as
+    retired on `branches` any more, so the next pass decides them again. One round trip."""
+    if not branches or not shas:
+        return
+    pipe = conn.pipeline(transaction=False)
+    for branch in branches:
+        pipe.zrem(keys.retired(project_id, branch), *sorted(shas))
+    pipe.execute()
 
 
 def _text(value: bytes | str) -> str:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import redis
 
-from workers import cleanup, deletion, deployments, pipelines, rules
+from workers import cleanup, deletion, deployments, pipelines, retention, rules
 from workers.common import audit
 from workers.common.settings import Settings
 from workers.gitlab import GitLab, NotFound
@@ -52,6 +52,7 @@ class ProjectSweep:
         self.commits: Commits | None = None
         self.pipelines_read = 0
         self.protection = deployments.Protection(ctx.gitlab, ctx.conn, ctx.pid, ctx.settings.keep_deployments)
+        self.retained: list[str] = []  # live branches retention applies to (KEEP_COMMITS)
 
     def run(self) -> dict:
         ctx, report = self.ctx, self.report
@@ -89,6 +90,8 @@ class ProjectSweep:
         reason = implausible(self.facts)
         if reason is None:
             self.index = rules.sweep_index(self.facts, self.policy)
+        settings = self.ctx.settings
+        self.retained = sorted(b for b in self.facts.live_branches if settings.retires(b))
         return reason
 
     def result(self) -> dict:
@@ -129,6 +132,9 @@ class ProjectSweep:
             facts = self.commits.facts(refs, self.pool)
             # A commit deployed to a live environment beyond the newest the copy holds: GitLab says.
             shas = {r.value for r in refs} | {s for found in facts.candidates.values() for s in found}
+            # A commit a retention pass retired has a tag here again: the next pass decides it again.
+            retention.forget_retired(self.ctx.conn, self.ctx.pid, self.retained,
+                                     {s for s in shas if rules.is_sha(s)})
             if self.protection.confirm(shas):
                 self.index = rules.with_deployed(self.index, self.protection.in_use(self.mrs).shas, self.policy)
             verdicts.extend(rules.sweep_commit(r, facts, self.index, self.policy) for r in refs)
