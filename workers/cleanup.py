@@ -260,6 +260,31 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
         pinned.setdefault(sha, why)
 
     # Commits sharing a short SHA with one of ours: their `:short_sha` tag is the same name.
+    asked, other_refs = built_elsewhere(ctx, record, branch, shas, alive=set(live_branches) | open_sources,
+                                        live_tags=live_tags, mrs=mrs)
+    # What live environments run or may roll back to: GitLab's deployments, asked again for an
+    # environment where one of these commits was deployed beyond the newest the copy holds.
+    protection = deployments.Protection(gl, ctx.conn, pid, ctx.settings.keep_deployments).load()
+    protection.confirm(asked)
+    in_use = protection.in_use(mrs)
+    return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
+                       live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
+                       other_refs=other_refs, deployed_shas=in_use.shas, deployed_refs=in_use.refs,
+                       open_sources={name: Reason(Code.OPEN_MR_SOURCE,
+                                                  f"tag of the source branch {name!r} of an open merge request")
+                                     for name in sorted(open_sources - set(live_branches))})
+
+
+def built_elsewhere(ctx: Context, record: pipelines.Record, branch: str, shas: set[str], *, alive: set[str],
+                    live_tags: dict[str, str], mrs: dict[int, rules.MergeRequest]
+                    ) -> tuple[list[str], dict[str, frozenset[str]]]:
+    """Which live refs other than `branch` built each of `shas`, or a commit sharing its short SHA
+    (whose `:short_sha` tag is the same name): GitLab's pipelines (`record`, synced), plus what
+    Pipeline Hooks named. `alive`: the live branches and open merge requests' sources. Returns the
+    commits asked about (shas and the clashing ones) and, per commit, its live builders as pipeline
+    labels (rules.pipeline_label). Merge requests the pipelines' refs name are read from GitLab
+    into `mrs`; a ref that may have been a git tag is asked once (Record.tag_refs)."""
+    gl, pid = ctx.gitlab, ctx.pid
     prefixes = record.with_prefix(s[:8] for s in shas)
     clashes = {c for found in prefixes.values() for c in found} - shas
     clashes |= history.clashing_shas(ctx.conn, project_id=pid, shas=shas)
@@ -274,27 +299,16 @@ def gather(ctx: Context, request: Request) -> rules.Facts:
     for sha, refs in history.refs_of(ctx.conn, project_id=pid, shas=asked).items():
         labels.setdefault(sha, set()).update(refs)
     own = f"branch:{branch}"
-    alive = set(live_branches) | open_sources
     maybe_tags = {label.split(":", 1)[1] for found in labels.values() for label in found
                   if label.startswith("branch:") and label != own} - alive
     maybe_tags -= {mr.source_branch for mr in mrs.values() if mr.own}  # known to be branches
     tag_refs = record.tag_refs(gl, maybe_tags) if maybe_tags else set()
-    other_refs = {}
+    other_refs: dict[str, frozenset[str]] = {}
     for sha, found in labels.items():
         live = frozenset(l for l in found if l != own and rules.label_is_live(l, alive, tag_refs))
         if live:
             other_refs[sha] = live
-    # What live environments run or may roll back to: GitLab's deployments, asked again for an
-    # environment where one of these commits was deployed beyond the newest the copy holds.
-    protection = deployments.Protection(gl, ctx.conn, pid, ctx.settings.keep_deployments).load()
-    protection.confirm(asked)
-    in_use = protection.in_use(mrs)
-    return rules.Facts(branch=branch, shas=frozenset(shas), default_branch=default,
-                       live_branches=live_branches, live_tags=live_tags, pinned_shas=pinned,
-                       other_refs=other_refs, deployed_shas=in_use.shas, deployed_refs=in_use.refs,
-                       open_sources={name: Reason(Code.OPEN_MR_SOURCE,
-                                                  f"tag of the source branch {name!r} of an open merge request")
-                                     for name in sorted(open_sources - set(live_branches))})
+    return asked, other_refs
 
 
 def contained_elsewhere(ctx: Context, branch: str, shas: list[str]) -> dict[str, str]:

@@ -37,7 +37,7 @@ from typing import Callable
 
 import redis
 
-from workers import cleanup, deletion, deployments, history, locks, pipelines, rules
+from workers import cleanup, deletion, deployments, locks, pipelines, rules
 from workers.common import audit, keys, metrics
 from workers.common.settings import Settings
 from workers.gitlab import GitLab, NotFound
@@ -178,8 +178,8 @@ class Retention:
             trail.skipped(report)
             return self.result(report, stats)
         firsts = self.record.first_built(asked)
-        other_refs = self.other_refs(branch, asked)  # first: it learns merge requests in_use may need
-        in_use = self.deployed(asked)
+        clashing, other_refs = self.other_refs(branch, asked)  # first: it learns merge requests in_use needs
+        in_use = self.deployed(set(clashing))
         open_sources = {name: Reason(Code.OPEN_MR_SOURCE, f"tag of the source branch {name!r} of an open merge request")
                         for name in sorted(self.open_sources - set(self.live_branches))}
         facts = rules.RetentionFacts(
@@ -234,34 +234,13 @@ class Retention:
         raise Unclear(f"the newest successful pipeline of branch {branch!r} is not among the {pages * 100} "
                       "newest successful pipelines GitLab lists for it: nothing is retired")
 
-    def other_refs(self, branch: str, shas: set[str]) -> dict[str, frozenset[str]]:
-        """Per commit (and per commit sharing its short SHA), the live refs other than `branch`
-        whose pipelines built it, as pipeline labels (rules.pipeline_label)."""
-        prefixes = self.record.with_prefix(s[:8] for s in shas)
-        clashes = {c for found in prefixes.values() for c in found} - shas
-        clashes |= history.clashing_shas(self.ctx.conn, project_id=self.ctx.pid, shas=shas)
-        asked = sorted(shas | clashes)
-        built = self.record.refs_of(asked)
-        unknown = {rules.merge_request_of_ref(r) for refs in built.values() for r in refs} - {None} - set(self.mrs)
-        if unknown:
-            for item in self.gl.merge_requests_by_iid(self.ctx.pid, sorted(unknown)):
-                mr = rules.MergeRequest.from_api(item, self.ctx.pid)
-                self.mrs.setdefault(mr.iid, mr)
-        labels = {sha: {rules.pipeline_label(r, self.live_tags, self.mrs) for r in refs} for sha, refs in built.items()}
-        for sha, refs in history.refs_of(self.ctx.conn, project_id=self.ctx.pid, shas=asked).items():
-            labels.setdefault(sha, set()).update(refs)
-        own = f"branch:{branch}"
-        alive = set(self.live_branches) | self.open_sources
-        maybe_tags = {label.split(":", 1)[1] for found in labels.values() for label in found
-                      if label.startswith("branch:") and label != own} - alive
-        maybe_tags -= {mr.source_branch for mr in self.mrs.values() if mr.own}
-        tag_refs = self.record.tag_refs(self.gl, maybe_tags) if maybe_tags else set()
-        out: dict[str, frozenset[str]] = {}
-        for sha, found in labels.items():
-            live = frozenset(l for l in found if l != own and rules.label_is_live(l, alive, tag_refs))
-            if live:
-                out[sha] = live
-        return out
+    def other_refs(self, branch: str, shas: set[str]) -> tuple[list[str], dict[str, frozenset[str]]]:
+        """The commits asked about (`shas` and those sharing a short SHA with one) and, per commit,
+        the live refs other than `branch` whose pipelines built it (cleanup.built_elsewhere, as an
+        event cleanup asks)."""
+        return cleanup.built_elsewhere(self.ctx, self.record, branch, shas,
+                                       alive=set(self.live_branches) | self.open_sources,
+                                       live_tags=self.live_tags, mrs=self.mrs)
 
     def deployed(self, shas: set[str]) -> rules.InUse:
         """What live environments keep (commits, and the branches they run), asked again of GitLab
