@@ -110,6 +110,14 @@ class Record(timeline.Copy):
                 out[sha] = max(out.get(sha, 0.0), score)
         return out
 
+    def built(self, refs: Iterable[str]) -> list[str]:
+        """Which of `refs` ran a pipeline (one round trip)."""
+        refs = list(refs)
+        pipe = self.conn.pipeline(transaction=False)
+        for ref in refs:
+            pipe.exists(self.ref_prefix + ref)
+        return [ref for ref, found in zip(refs, pipe.execute()) if found]
+
     def with_prefix(self, prefixes: Iterable[str]) -> dict[str, frozenset[str]]:
         """For each 8-hex prefix, the built SHAs that start with it."""
         prefixes = list(dict.fromkeys(prefixes))

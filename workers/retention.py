@@ -114,11 +114,7 @@ class Retention:
     def branches(self) -> list[str]:
         """The live branches retention applies to (KEEP_COMMITS_BRANCHES) that ever ran a pipeline."""
         self.sync()
-        names = sorted(b for b in self.heads() if self.settings.retires(b))
-        pipe = self.ctx.conn.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(self.record.ref_prefix + name)
-        return [name for name, built in zip(names, pipe.execute()) if built]
+        return self.record.built(sorted(b for b in self.heads() if self.settings.retires(b)))
 
     # -- one branch -----------------------------------------------------------------------------
     def run_branch(self, branch: str, *, by_operator: bool = False) -> dict:
@@ -216,6 +212,8 @@ class Retention:
                 store.close()
                 metrics.tally().add_requests("registry", store.calls())
         result = self.result(report, stats)
+        log.info("retention pass finished", extra={"project_id": ctx.pid, "branch": branch, "dry_run": ctx.dry_run,
+                                                   "summary": result["summary"], **stats})
         cleanup.raise_if_incomplete(report, result, "the retention pass")
         return result
 

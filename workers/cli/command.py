@@ -8,6 +8,8 @@ and an exit status:
 - a setting missing or malformed (ConfigError): "tagsweeper: configuration error: ...", 2;
 - Redis unreachable: "tagsweeper: Redis at REDIS_URL is unreachable (...)", 1;
 - a failure the command foresaw (CommandError): "tagsweeper: <its message>", its status.
+
+`run_by_hand` is what `sweep` and `retire` share: their clients, progress line and exit statuses.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import Any, Callable
 
 import redis
 
-from workers.common import logs
+from workers import cleanup
+from workers.common import errors, logs
 from workers.common.projects import parse_project
 from workers.common.settings import ConfigError, Settings
+from workers.gitlab import GitLab
 
 
 class CommandError(Exception):
@@ -121,3 +125,31 @@ class Terminal:
         if self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def run_by_hand(args: argparse.Namespace, settings: Settings, call: Callable[..., Any],
+                invalid: type[Exception]) -> tuple[Any, int]:
+    """What `sweep` and `retire` share: run `call` (a sweep or retention run) as the operator's own
+    choice, with progress on a terminal; return (its report, exit status). Some deletions failed:
+    the partial report and 1; `invalid` (an unknown project, say): CommandError 2; GitLab or the
+    registry refused or kept failing: CommandError 1."""
+    settings.require_gitlab()
+    if not args.json:
+        quiet_logs(settings)
+    terminal = Terminal(sys.stderr) if sys.stderr.isatty() else None
+    gitlab = GitLab.from_settings(settings)
+    conn = redis.Redis.from_url(settings.redis_url)
+    try:
+        return call(gitlab=gitlab, conn=conn, settings=settings, dry_run=True if args.dry_run else None,
+                    progress=terminal, by_operator=True), 0  # by hand: ALLOWED_PROJECTS does not apply
+    except cleanup.CleanupIncomplete as exc:
+        return exc.report, 1
+    except invalid as exc:
+        raise CommandError(str(exc), 2) from None
+    except errors.ServiceError as exc:  # GitLab's or the registry's
+        raise CommandError(str(exc), 1) from None
+    finally:
+        if terminal:
+            terminal.clear()
+        gitlab.close()
+        conn.close()

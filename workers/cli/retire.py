@@ -10,16 +10,12 @@ arguments or configuration.
 from __future__ import annotations
 
 import argparse
-import sys
+from functools import partial
 
-import redis
-
-from workers import cleanup, retention
+from workers import retention
 from workers.cli import render
-from workers.cli.command import CommandError, Terminal, answer, project, quiet_logs
-from workers.common import errors
+from workers.cli.command import CommandError, answer, project, run_by_hand
 from workers.common.settings import Settings
-from workers.gitlab import GitLab
 
 
 def add_parsers(subparsers) -> None:
@@ -42,25 +38,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.retention:
         raise CommandError("KEEP_COMMITS is not set: retention on live branches is off; set KEEP_COMMITS to the "
                            "number of newest commits each branch keeps (try --dry-run first)", 2)
-    if not args.json:
-        quiet_logs(settings)
-    terminal = Terminal(sys.stderr) if sys.stderr.isatty() else None
-    gitlab = GitLab.from_settings(settings)
-    conn = redis.Redis.from_url(settings.redis_url)
-    status = 0
-    try:
-        result = retention.run(args.project, gitlab=gitlab, conn=conn, settings=settings, branch=args.branch,
-                               dry_run=True if args.dry_run else None, progress=terminal, by_operator=True)
-    except cleanup.CleanupIncomplete as exc:
-        result, status = exc.report, 1
-    except retention.RetentionError as exc:
-        raise CommandError(str(exc), 2) from None
-    except errors.ServiceError as exc:  # GitLab's or the registry's
-        raise CommandError(str(exc), 1) from None
-    finally:
-        if terminal:
-            terminal.clear()
-        gitlab.close()
-        conn.close()
+    result, status = run_by_hand(args, settings, partial(retention.run, args.project, branch=args.branch),
+                                 retention.RetentionError)
     print(answer(args, result, render.retention))
     return status

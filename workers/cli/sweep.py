@@ -9,16 +9,12 @@ failed or GitLab refused, 2 an unknown project or group, bad arguments or config
 from __future__ import annotations
 
 import argparse
-import sys
+from functools import partial
 
-import redis
-
-from workers import cleanup, sweep
+from workers import sweep
 from workers.cli import render
-from workers.cli.command import CommandError, Terminal, answer, group, project, quiet_logs
+from workers.cli.command import answer, group, project, run_by_hand
 from workers.common.settings import Settings
-from workers.common import errors
-from workers.gitlab import GitLab
 
 
 def add_parsers(subparsers) -> None:
@@ -36,31 +32,10 @@ def add_parsers(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings.require_gitlab()
-    if not args.json:
-        quiet_logs(settings)
-    terminal = Terminal(sys.stderr) if sys.stderr.isatty() else None
-    gitlab = GitLab.from_settings(settings)
-    conn = redis.Redis.from_url(settings.redis_url)
-    options = dict(gitlab=gitlab, conn=conn, settings=settings, dry_run=True if args.dry_run else None,
-                   progress=terminal, by_operator=True)  # the operator's choice, like a manual cleanup
-    status = 0
-    try:
-        if args.group is not None:
-            result = sweep.run_group(args.group, **options)
-            status = 1 if result["failed"] else 0
-        else:
-            result = sweep.run_project(args.project, **options)
-    except cleanup.CleanupIncomplete as exc:
-        result, status = exc.report, 1
-    except sweep.SweepError as exc:
-        raise CommandError(str(exc), 2) from None
-    except errors.ServiceError as exc:  # GitLab's or the registry's
-        raise CommandError(str(exc), 1) from None
-    finally:
-        if terminal:
-            terminal.clear()
-        gitlab.close()
-        conn.close()
+    if args.group is not None:
+        result, status = run_by_hand(args, settings, partial(sweep.run_group, args.group), sweep.SweepError)
+        status = 1 if result.get("failed") else status
+    else:
+        result, status = run_by_hand(args, settings, partial(sweep.run_project, args.project), sweep.SweepError)
     print(answer(args, result, render.group_sweep if "projects" in result else render.sweep))
     return status
