@@ -156,3 +156,22 @@ def test_a_ref_whose_first_pipeline_was_deleted_is_told_by_another(gitlab, conn,
     assert record.tag_refs(client, ["v0.8", "feature/expired"]) == {"v0.8", "feature/expired"}
     assert conn.hget(record.kind_key, "v0.8") == b"tag"
     assert conn.hget(record.kind_key, "feature/expired") == b"unknown"
+
+
+def test_a_ref_told_by_another_pipeline_is_told_by_its_own_under_gitlab_18s_ref_filter(gitlab, conn, client):
+    """With include_reserved_refs_in_ref_filter, `?ref=v0.7` also lists the pipelines of merge
+    requests whose source branch is named v0.7: a branch pipeline there must not say what the deleted
+    git tag v0.7 was. None of the ref's own left: unknown, kept as a possible tag (a release)."""
+    gitlab.include_reserved_refs_in_ref_filter = True
+    project = gitlab.add_project(7108, "rec/reserved")
+    sha = project.add_tag("v0.7", random_sha())
+    first = project.add_pipeline(sha, "v0.7")
+    project.tags.pop("v0.7")
+    project.add_branch("v0.7", random_sha())  # a branch of that name now, with a merge request
+    project.add_merge_request(1, "v0.7", "main")
+    project.add_pipeline(project.branches["v0.7"], "refs/merge-requests/1/head", source="merge_request_event")
+    record = pipelines.Record(conn, project.id)
+    record.sync(client)
+    project.delete_pipeline(first.id)
+    assert record.tag_refs(client, ["v0.7"]) == {"v0.7"}
+    assert conn.hget(record.kind_key, "v0.7") == b"unknown"

@@ -169,5 +169,8 @@ class Record(timeline.Copy):
                     pass
             if attempt == 0:
                 page = gitlab.pipelines_page(self.pid, {"ref": ref, "per_page": 1, "page": 1})
-                left = [i["id"] for i in page if isinstance(i, dict) and isinstance(i.get("id"), int)]
+                # Under GitLab 18's include_reserved_refs_in_ref_filter `?ref=` lists merge-request
+                # pipelines too: only one of the ref's own says (none left: "unknown", kept as a tag).
+                left = [i["id"] for i in page if isinstance(i, dict) and isinstance(i.get("id"), int)
+                        and i.get("ref") == ref]
         return "unknown"
