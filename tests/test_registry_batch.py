@@ -55,7 +55,7 @@ def test_a_tag_pushed_again_after_its_overwrite_keeps_the_new_push(gitlab, gitla
         client.delete_tag(shop, "warm-up")
         # The tombstone's DELETE is held at the proxy; meanwhile CI pushes feature-a again, after its
         # overwrite (both tags are on the tombstone once feature-b's PUT is answered).
-        hold = 3.0
+        hold = 5.0  # room for the push on a loaded machine
         proxy.inject_fault("DELETE", TOMBSTONE, delay=hold)
         deleting = threading.Thread(target=client.delete_tags, args=(shop, ["feature-a", "feature-b"]))
         deleting.start()

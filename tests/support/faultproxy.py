@@ -17,7 +17,8 @@ drop=True closes the connection without answering (nothing is forwarded); drop="
 forwards the request, then closes the connection before the answer, so the client never
 learns that it worked.
 
-`requests` is the log of (method, path, status) in the order the proxy answered; a dropped
+`requests` is the log of (method, path, status) in the order the proxy answered (logged as
+the answer starts, so a client never has an answer the log does not show yet); a dropped
 request has status 0. `entries` has the same with the arrival time and which fault, if any,
 was served; `faults_served` lists only those.
 """
@@ -161,7 +162,16 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(length) if length else b""
 
+            def _settle(self, status: int) -> None:
+                """Log the answer before the client can have it: once a client has its answer, the
+                log already shows it (a test reading the log right after is never early)."""
+                self._answered = status
+                if not self._logged:
+                    self._logged = True
+                    proxy._log(self.command, self._path, status, self._arrived, self._fault)
+
             def _drop(self) -> None:
+                self._settle(0)
                 self.close_connection = True
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -173,7 +183,7 @@ class FaultProxy:
                 code = STATUS_CODES.get(fault.status, "UNKNOWN")
                 body = json.dumps({"errors": [{"code": code, "message": f"injected fault: HTTP {fault.status}",
                                                "detail": None}]}).encode()
-                self._answered = fault.status
+                self._settle(fault.status)
                 self.send_response_only(fault.status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -192,7 +202,7 @@ class FaultProxy:
                     if drop_after:
                         _ = up.content  # the registry did the work; the client never hears of it
                         self._drop()
-                    self._answered = up.status_code
+                    self._settle(up.status_code)
                     self.send_response_only(up.status_code, up.reason)
                     length = up.headers.get("Content-Length")
                     no_body = self.command == "HEAD" or up.status_code in (204, 304) or up.status_code < 200
@@ -225,12 +235,13 @@ class FaultProxy:
                     up.close()
 
             def _handle(self) -> None:
-                arrived = time.monotonic()
-                method, path = self.command, self.path.split("?", 1)[0]
-                self._answered, fault = 0, None  # what the client got (0: dropped), or would have got
+                self._arrived = time.monotonic()
+                self._path = self.path.split("?", 1)[0]
+                self._answered, self._fault, self._logged = 0, None, False  # 0: dropped
                 try:
                     body = self._read_body()
-                    fault = proxy._take_fault(method, path)
+                    fault = proxy._take_fault(self.command, self._path)
+                    self._fault = fault
                     if fault is not None:
                         if fault.delay and proxy._stopping.wait(fault.delay):
                             self._drop()  # stopping: give up
@@ -246,7 +257,7 @@ class FaultProxy:
                     # The client gave up (a hang past its timeout): what it would have got is logged.
                     self.close_connection = True
                 except requests.RequestException as exc:
-                    self._answered = 502
+                    self._settle(502)
                     self.close_connection = True
                     try:
                         msg = f"proxy: upstream failed: {type(exc).__name__}".encode()
@@ -257,7 +268,7 @@ class FaultProxy:
                     except OSError:
                         pass
                 finally:
-                    proxy._log(method, path, self._answered, arrived, fault)
+                    self._settle(self._answered)  # a client that gave up: what it would have got
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
