@@ -336,3 +336,35 @@ def test_a_sweep_that_finds_a_retired_commits_tag_again_lets_the_next_pass_decid
     assert after["summary"]["deleted"] == 2
     main.assert_gone_exactly(tags_of(*main.commits[:5]))
     conn.close()
+
+
+def test_a_branchs_retired_memory_expires_and_holds_only_what_gitlab_still_lists(
+        gitlab, gitlab_stack, redis_url, client):
+    """The retired set is a cache of what a pass deleted: it lives RETIRED_TTL after the branch's
+    last pass (a deleted branch's goes by itself), and a pass drops the commits GitLab no longer
+    lists a pipeline of the branch on (here: a pipeline deleted, and the copy read again)."""
+    from workers import pipelines
+
+    main = Main(gitlab, 2)
+    feature = main.build("feature/y", 6)
+    settings = with_retention(settings_for(gitlab, gitlab_stack, redis_url, "api"), keep_commits=3)
+    conn = redis.Redis.from_url(redis_url)
+    pid, key = main.project.id, keys.retired(main.project.id, "feature/y")
+    retention.run(pid, gitlab=client, conn=conn, settings=settings, branch="feature/y")
+    main.assert_gone_exactly(tags_of(*feature[:3]))
+    assert {s.decode() for s in conn.zrange(key, 0, -1)} == set(feature[:3])
+    assert 0 < conn.ttl(key) <= retention.RETIRED_TTL
+
+    conn.expire(key, 60)  # weeks without a pass
+    again = retention.run(pid, gitlab=client, conn=conn, settings=settings, branch="feature/y")
+    assert again["retention"]["retired_before"] == 3 and again["summary"]["deleted"] == 0
+    assert conn.ttl(key) > retention.RETIRED_TTL - 60  # a pass with nothing to do keeps the memory alive
+
+    gone = next(p.id for p in main.project.pipelines.values() if p.sha == feature[0] and p.ref == "feature/y")
+    main.project.delete_pipeline(gone)
+    pipelines.Record(conn, pid).drop()  # the copy is read again from GitLab
+    third = retention.run(pid, gitlab=client, conn=conn, settings=settings, branch="feature/y")
+    assert third["retention"]["retired_before"] == 2 and third["summary"]["deleted"] == 0
+    assert {s.decode() for s in conn.zrange(key, 0, -1)} == set(feature[1:3])
+    main.assert_gone_exactly(tags_of(*feature[:3]))
+    conn.close()

@@ -22,7 +22,8 @@ cleanup (trigger `superseded`).
 Cost stays flat as a branch's history grows: a commit whose tags a pass deleted, or found
 gone, in every repository is remembered as retired (keys.retired, with the id of its newest
 pipeline on the branch then) and not asked about again unless the branch builds it again;
-only commits something still claims are looked at by the next pass. Project-wide facts are
+only commits something still claims are looked at by the next pass. That memory expires
+RETIRED_TTL after a branch's last pass, so a deleted branch's goes by itself. Project-wide facts are
 read only when some branch has commits left to decide, so a pass with nothing to do costs a
 pipelines sync and the branch list. A retired commit whose tag is pushed again some other way
 (another ref's pipeline, a restored registry) is found by the next sweep, which lists every tag:
@@ -48,6 +49,10 @@ log = logging.getLogger("tagsweeper.retention")
 
 TRIGGER = "superseded"
 RETIRE_CHUNK = 250  # commits whose tags are deleted before the pass remembers them as retired
+# A branch's retired set lives this long after its last pass: a deleted branch's (or one no longer in
+# KEEP_COMMITS_BRANCHES) goes by itself. A live branch whose set expired has its old commits decided
+# again, which costs requests, never a tag.
+RETIRED_TTL = 90 * 86400
 
 Progress = Callable[[str], None]
 
@@ -154,12 +159,10 @@ class Retention:
             return self.result(report, {})
         built = self.record.shas_of([branch])
         retired_key = keys.retired(ctx.pid, branch)
-        # Retired at a pipeline id: a newer pipeline of the branch on that commit pushed its tags again.
-        retired = {_text(sha) for sha, at in ctx.conn.zrange(retired_key, 0, -1, withscores=True)
-                   if built.get(_text(sha), 0) <= at} if len(built) > keep else set()
+        retired = self.recall(retired_key, built)
         newest = {b.sha for b in rules.newest_built((rules.Built(s, o) for s, o in built.items()), keep)}
         candidates = set(built) - retired - newest
-        stats = {"keep": keep, "built": len(built), "retired_before": len(retired & set(built)),
+        stats = {"keep": keep, "built": len(built), "retired_before": len(retired),
                  "candidates": len(candidates)}
         if not candidates:
             return self.result(report, stats)  # nothing left to decide: no more requests
@@ -246,6 +249,20 @@ class Retention:
         self.protection.confirm(shas)
         return self.protection.in_use(self.mrs)
 
+    def recall(self, key: str, built: dict[str, float]) -> set[str]:
+        """The branch's commits retired before and not built again since. The set is trimmed to
+        what the branch's pipelines still list and lives RETIRED_TTL from now. Two round trips."""
+        conn = self.ctx.conn
+        stored = {_text(sha): at for sha, at in conn.zrange(key, 0, -1, withscores=True)}
+        stale = sorted(set(stored) - set(built))  # GitLab no longer lists a pipeline of the branch on it
+        pipe = conn.pipeline(transaction=False)
+        if stale:
+            pipe.zrem(key, *stale)
+        pipe.expire(key, RETIRED_TTL)
+        pipe.execute()
+        # Retired at a pipeline id: a newer pipeline of the branch on that commit pushed its tags again.
+        return {sha for sha, at in stored.items() if sha in built and built[sha] <= at}
+
     def remember(self, key: str, shas: list[str], decisions: list[rules.Decision], report: Report,
                  built: dict[str, float]) -> int:
         """Remember as retired the commits among `shas` whose every tag is gone from every
@@ -262,7 +279,10 @@ class Retention:
                 if all(n in doomed and outcomes.get(n) and outcomes[n] <= {"deleted", "absent"}
                        for n in rules.commit_tags(sha, templates))]
         if done:
-            self.ctx.conn.zadd(key, {sha: built[sha] for sha in done})
+            pipe = self.ctx.conn.pipeline(transaction=False)
+            pipe.zadd(key, {sha: built[sha] for sha in done})
+            pipe.expire(key, RETIRED_TTL)
+            pipe.execute()
         return len(done)
 
     def result(self, report: Report, stats: dict) -> dict:

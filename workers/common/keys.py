@@ -57,7 +57,8 @@ def deployments(project_id: int) -> str:
 def retired(project_id: int, branch: str) -> str:
     """Sorted set: the commits of a live branch whose COMMIT_TAGS a retention pass deleted (or found
     gone) everywhere, scored by their newest pipeline id on the branch then; later passes do not
-    ask about them again unless the branch built them since (workers.retention)."""
+    ask about them again unless the branch built them since; expires RETIRED_TTL after the branch's
+    last pass (workers.retention)."""
     digest = hashlib.sha256(branch.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{ROOT}:retired:{int(project_id)}:{digest}"
 
