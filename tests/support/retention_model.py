@@ -19,10 +19,9 @@ The property is tests/test_retention_property.py.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tests.support.safety_model import PROTECTED, ci_slug, sha_tags
+from tests.support.safety_model import PROTECTED, built_elsewhere, ci_slug, sha_tags
 from workers import rules
 
 # Small pools: short-SHA clashes and branch names shaped like short SHAs are the rule.
@@ -258,37 +257,8 @@ class History:
             m = MR_REF.fullmatch(p.ref)
             if m:
                 known.setdefault(int(m.group(1)), self.mrs[int(m.group(1))])
-
-        def label(ref: str) -> str:
-            m = MR_REF.fullmatch(ref)
-            if m is None:
-                return f"tag:{ref}" if ref in self.tags else f"branch:{ref}"
-            mr = known[int(m.group(1))]
-            return f"mr:!{mr.iid}" if mr.state == "opened" else f"branch:{mr.source}"
-
-        labels: dict[str, set[str]] = defaultdict(set)
-        for p in built:
-            labels[p.sha].add(label(p.ref))
-        own = f"branch:{self.branch}"
         alive = set(self.branches) | {mr.source for mr in self.mrs.values() if mr.state == "opened"}
-        maybe_tags = {lb.split(":", 1)[1] for found in labels.values() for lb in found
-                      if lb.startswith("branch:") and lb != own} - alive
-        maybe_tags -= {mr.source for mr in known.values()}
-        first: dict[str, Pipeline] = {}                      # record.tag_refs: a ref's first pipeline
-        for p in self.pipelines:
-            first.setdefault(p.ref, p)
-        tag_refs = {r for r in maybe_tags if r in first and first[r].kind == "tag"}
-
-        def is_live(lb: str) -> bool:
-            kind, _, name = lb.partition(":")
-            return kind in ("tag", "mr") or (kind == "branch" and (name in alive or name in tag_refs))
-
-        out = {}
-        for sha, found in labels.items():
-            live = frozenset(lb for lb in found if lb != own and is_live(lb))
-            if live:
-                out[sha] = live
-        return out
+        return built_elsewhere(built, self.pipelines, self.tags, known, own=f"branch:{self.branch}", alive=alive)
 
     def in_use(self) -> rules.InUse:
         """deployments.Protection.in_use: rules.in_use over GitLab's environments and deployments."""

@@ -95,6 +95,46 @@ MERGE_METHODS = ("merge", "ff", "squash", "squash_ff")   # the emulator's names 
 
 # --- the model ------------------------------------------------------------------------------------
 
+def built_elsewhere(built, pipelines, tags, known, *, own: str, alive: set[str],
+                    heard=()) -> dict[str, frozenset[str]]:
+    """What cleanup.built_elsewhere answers, told from the ground truth (for this model and
+    retention_model): per commit of `built` (pipelines with .sha, .ref, .kind), the labels of the
+    live refs other than `own` whose pipelines built it. `pipelines`: every pipeline, oldest first;
+    `tags`: live git tags; `known`: the merge requests the worker looks up, by iid; `alive`: live
+    branches and open merge requests' sources; `heard`: (label, sha) pipeline memory adds."""
+    def label(ref: str) -> str:
+        m = MR_REF.fullmatch(ref)
+        if m is None:
+            return f"tag:{ref}" if ref in tags else f"branch:{ref}"
+        mr = known[int(m.group(1))]
+        return f"mr:!{mr.iid}" if mr.state == "opened" else f"branch:{mr.source}"
+
+    labels: dict[str, set[str]] = defaultdict(set)
+    for p in built:
+        labels[p.sha].add(label(p.ref))
+    for hook_label, sha in heard:
+        labels[sha].add(hook_label)
+    maybe_tags = {lb.split(":", 1)[1] for found in labels.values() for lb in found
+                  if lb.startswith("branch:") and lb != own} - alive
+    maybe_tags -= {mr.source for mr in known.values()}
+    # A ref whose first pipeline was a git tag's is a (deleted) git tag: a release, kept.
+    first: dict = {}
+    for p in pipelines:
+        first.setdefault(p.ref, p)
+    tag_refs = {r for r in maybe_tags if r in first and first[r].kind == "tag"}
+
+    def is_live(lb: str) -> bool:
+        kind, _, name = lb.partition(":")
+        return kind in ("tag", "mr") or (kind == "branch" and (name in alive or name in tag_refs))
+
+    out = {}
+    for sha, found in labels.items():
+        live = frozenset(lb for lb in found if lb != own and is_live(lb))
+        if live:
+            out[sha] = live
+    return out
+
+
 @dataclass(frozen=True)
 class Pipeline:
     number: int         # push order: later pipelines overwrite earlier pushes of the same tag
@@ -338,38 +378,9 @@ class Project:
             if p.iid is not None:
                 known.setdefault(p.iid, self.mrs[p.iid])
 
-        def label(ref: str) -> str:
-            m = MR_REF.fullmatch(ref)
-            if m is None:
-                return f"tag:{ref}" if ref in self.tags else f"branch:{ref}"
-            mr = known[int(m.group(1))]
-            return f"mr:!{mr.iid}" if mr.state == "opened" else f"branch:{mr.source}"
-
-        labels: dict[str, set[str]] = defaultdict(set)
-        for p in built:
-            labels[p.sha].add(label(p.ref))
-        for hook_label, sha in memory:
-            if sha in asked:
-                labels[sha].add(hook_label)
-        alive = set(live) | open_sources
-        maybe_tags = {lb.split(":", 1)[1] for found in labels.values() for lb in found
-                      if lb.startswith("branch:") and lb != f"branch:{b}"} - alive
-        maybe_tags -= {mr.source for mr in known.values()}
-        # A ref whose first pipeline was a git tag's is a (deleted) git tag: a release, kept.
-        first: dict[str, Pipeline] = {}
-        for p in self.pipelines:
-            first.setdefault(p.ref, p)
-        tag_refs = {r for r in maybe_tags if r in first and first[r].kind == "tag"}
-
-        def is_live_label(lb: str) -> bool:
-            kind, _, name = lb.partition(":")
-            return kind in ("tag", "mr") or (kind == "branch" and (name in alive or name in tag_refs))
-
-        other_refs = {}
-        for sha, found in labels.items():
-            live_labels = frozenset(lb for lb in found if lb != f"branch:{b}" and is_live_label(lb))
-            if live_labels:
-                other_refs[sha] = live_labels
+        heard = [(hook_label, sha) for hook_label, sha in memory if sha in asked]
+        other_refs = built_elsewhere(built, self.pipelines, self.tags, known, own=f"branch:{b}",
+                                     alive=set(live) | open_sources, heard=heard)
         return Facts(branch=b, shas=frozenset(shas), default_branch=self.default, live_branches=live,
                      live_tags=dict(self.tags), pinned_shas=pinned, other_refs=other_refs,
                      open_sources={name: f"tag of the source branch {name!r} of an open merge request"
