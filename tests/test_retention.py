@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from tests.support.modes import MODES, settings_for
-from tests.support.story import kept_because, next_project_id
+from tests.support.built import BuiltProject, tags_of
+from tests.support.story import kept_because
 from workers import retention, rules
 from workers.common import keys
 from workers.common.settings import Settings
@@ -37,17 +38,12 @@ def client(gitlab):
     gl.close()
 
 
-class Main:
+class Main(BuiltProject):
     """A project whose `main` built `count` commits, one a day (the last ones recently), each
     pipeline pushing `main`, `latest` (main only), `:sha` and `:short_sha` to the real registry."""
 
     def __init__(self, gitlab, count: int = 30, *, young: int = 0, branch: str = "main"):
-        self.gitlab = gitlab
-        pid = next_project_id()
-        self.project = gitlab.add_project(pid, f"acme/keep-{pid}", default_branch="main")
-        self.project.add_registry_repository("")
-        self.path = self.project.path
-        self.digests: dict[str, str] = {}
+        super().__init__(gitlab, "keep")
         self.commits: list[str] = []
         self.build(branch, count, young=young)
 
@@ -69,23 +65,7 @@ class Main:
 
     def pipeline(self, sha: str, ref: str, when, tags) -> None:
         self.project.add_pipeline(sha, ref, created_at=when)
-        pushed = [*tags, sha, sha[:8]]
-        digest = self.gitlab.registry_client.push_image(self.path, pushed, content=f"{self.path}-{ref}-{sha}")
-        self.digests.update({t: digest for t in pushed})
-
-    def present(self) -> set[str]:
-        return set(self.gitlab.registry_client.tags(self.path))
-
-    def assert_gone_exactly(self, gone: set[str]) -> None:
-        reg = self.gitlab.registry_client
-        present = self.present()
-        assert set(self.digests) - present == gone
-        for tag in present:
-            assert reg.resolve(self.path, tag) == self.digests[tag], f"{tag} moved"
-
-
-def tags_of(*shas: str) -> set[str]:
-    return {t for s in shas for t in (s, s[:8])}
+        self.push(ref, sha, [*tags, sha, sha[:8]])
 
 
 def with_retention(settings: Settings, **changes) -> Settings:

@@ -34,7 +34,7 @@ from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
 from tests.support.service import ROOT, Service, job_or_none, load_payload
-from tests.support.story import next_project_id
+from tests.support.built import BuiltProject, tags_of
 from workers.common import audit, queue
 
 pytestmark = pytest.mark.e2e
@@ -65,17 +65,13 @@ def store(redis_server):
     c.close()
 
 
-class Branches:
+class Branches(BuiltProject):
     """A project whose branches' pipelines push `slug`, `sha` and `short_sha` (main also `latest`) to
     the real registry; what each tag should point at is remembered."""
 
     def __init__(self, gitlab, service: Service | None):
-        self.gitlab, self.service = gitlab, service
-        pid = next_project_id()
-        self.project = gitlab.add_project(pid, f"acme/retain-{pid}", default_branch="main")
-        self.project.add_registry_repository("")
-        self.path = self.project.path
-        self.digests: dict[str, str] = {}
+        super().__init__(gitlab, "retain")
+        self.service = service
         self.deliveries = 0
 
     def build(self, branch: str, count: int, *, status: str = "success") -> list[tuple[str, object]]:
@@ -92,8 +88,7 @@ class Branches:
         pl = self.project.add_pipeline(sha, ref, status=status, tag=tag)
         extra = ["latest"] if ref == "main" else [ref] if tag else []
         pushed = [re.sub(r"[^a-z0-9]", "-", ref.lower()).strip("-"), *extra, sha, sha[:8]]
-        digest = self.gitlab.registry_client.push_image(self.path, pushed, content=f"{self.path}-{ref}-{sha}")
-        self.digests.update({t: digest for t in pushed})
+        self.push(ref, sha, pushed)
         return pl
 
     def hook(self, pl, *, key: str | None = None) -> requests.Response:
@@ -114,19 +109,6 @@ class Branches:
         assert job.get_status() == "finished", self.service.logs()[-3000:]
         return job.return_value()
 
-    def present(self) -> set[str]:
-        return set(self.gitlab.registry_client.tags(self.path))
-
-    def assert_gone_exactly(self, gone: set[str]) -> None:
-        reg = self.gitlab.registry_client
-        present = self.present()
-        assert set(self.digests) - present == gone
-        for tag in present:
-            assert reg.resolve(self.path, tag) == self.digests[tag], f"{tag} moved"
-
-
-def tags_of(*shas: str) -> set[str]:
-    return {t for s in shas for t in (s, s[:8])}
 
 
 def scrape(service: Service) -> dict[str, float]:

@@ -27,5 +27,7 @@ Helpers of the tests
 - modes: the two deletion modes (`MODES`, `mode_env`, `settings_for`).
 - safety_model, safety_generator, safety_checks: the safety property's ground truth, its
   Hypothesis generator and its checks.
+- retention_model: the retention property's ground truth.
+- built: a project whose pipelines push images, for the retention tests (`BuiltProject`, `tags_of`).
 - month: a month in the life of a busy project (generator, driver, oracle).
 """
