@@ -10,7 +10,6 @@ real deliveries to gunicorn, cleaned by a real worker on the real registry, and 
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 import time
@@ -21,31 +20,21 @@ import requests
 from rq import Queue, SimpleWorker
 
 from hooks import activity_summary as summary
-from hooks import create_app
 from tests.support.service import Service
+from tests.support.webapp import DASHBOARD_PASSWORD as PASSWORD
+from tests.support.webapp import DASHBOARD_SECRET as SECRET
+from tests.support.webapp import DASHBOARD_USER as USER
+from tests.support.webapp import basic
+from tests.support.webapp import dashboard_app as make_app
 from workers.common import activity as counts
 from workers.common import audit, keys, queue
 
-USER = "operator"
-PASSWORD = "activity-Pa55word-never-shown"
-SECRET = "webhook-secret-for-activity-tests"
 QUEUE = "tagsweeper"
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "{{7*7}}", "x' onmouseover='alert(1)",
            "a&amp;b</code></td></tr></table><h1>owned</h1>"]
 
 NOW = datetime(2026, 12, 4, 15, 30, tzinfo=timezone.utc).timestamp()
 H = 3600
-
-
-def basic(user: str = USER, password: str = PASSWORD) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def make_app(redis_url: str, **overrides):
-    config = {"TESTING": True, "WEBHOOK_SECRET": SECRET, "REDIS_URL": redis_url,
-              "DASHBOARD_USER": USER, "DASHBOARD_PASSWORD": PASSWORD}
-    config.update(overrides)
-    return create_app({k: v for k, v in config.items() if v is not None})
 
 
 @pytest.fixture

@@ -23,24 +23,15 @@ from hooks.dashboard import dashboard_redis_url
 from hooks.logs import LOGGER_NAME
 from tests.support.procs import free_port
 from tests.support.service import Service
+from tests.support.webapp import DASHBOARD_PASSWORD as PASSWORD
+from tests.support.webapp import DASHBOARD_SECRET as SECRET
+from tests.support.webapp import DASHBOARD_USER as USER
+from tests.support.webapp import basic
+from tests.support.webapp import dashboard_app as make_app
 from workers.common import audit
 
-USER = "operator"
-PASSWORD = "dash-Pa55word-never-shown"
-SECRET = "webhook-secret-for-dashboard-tests"
 QUEUE = "tagsweeper"
 REALM = 'Basic realm="tagsweeper"'
-
-
-def basic(user: str = USER, password: str = PASSWORD) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def make_app(redis_url: str, **overrides):
-    config = {"TESTING": True, "WEBHOOK_SECRET": SECRET, "REDIS_URL": redis_url,
-              "DASHBOARD_USER": USER, "DASHBOARD_PASSWORD": PASSWORD}
-    config.update(overrides)
-    return create_app({k: v for k, v in config.items() if v is not None})
 
 
 @pytest.fixture

@@ -4,10 +4,13 @@
 rotated `SECOND_SECRET`), the given Redis and a 60 s CLEANUP_DELAY; `post(client, name, event)`
 sends the example delivery tests/payloads/<name> with GitLab's headers (`headers`, `body_of`).
 `keyspace(conn)` snapshots Redis, so a test can show that an answer wrote nothing.
+`dashboard_app(redis_url, **overrides)` is the app with the dashboard on (`DASHBOARD_USER`,
+`DASHBOARD_PASSWORD`), and `basic()` the Authorization header that opens it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 
 import redis
@@ -17,6 +20,9 @@ from tests.support.payloads import PAYLOADS
 
 SECRET = "s3cret-token-for-tests"
 SECOND_SECRET = "second-s3cret"
+DASHBOARD_USER = "operator"
+DASHBOARD_PASSWORD = "dash-Pa55word-never-shown"
+DASHBOARD_SECRET = "webhook-secret-for-dashboard-tests"
 
 
 def body_of(name: str) -> bytes:
@@ -40,6 +46,18 @@ def make_app(redis_url: str, **overrides):
     }
     config.update(overrides)
     return create_app(config)
+
+
+def dashboard_app(redis_url: str, **overrides):
+    """The app with the dashboard (and activity page) on; an override of None leaves a setting out."""
+    config = {"TESTING": True, "WEBHOOK_SECRET": DASHBOARD_SECRET, "REDIS_URL": redis_url,
+              "DASHBOARD_USER": DASHBOARD_USER, "DASHBOARD_PASSWORD": DASHBOARD_PASSWORD}
+    config.update(overrides)
+    return create_app({k: v for k, v in config.items() if v is not None})
+
+
+def basic(user: str = DASHBOARD_USER, password: str = DASHBOARD_PASSWORD) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def keyspace(conn: redis.Redis) -> dict:
