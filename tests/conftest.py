@@ -48,6 +48,14 @@ def conn(redis_url):
     c.close()
 
 
+@pytest.fixture
+def store(redis_server):
+    """A client of the suite's real redis-server, not emptied: a module's running service uses it."""
+    c = redis.Redis.from_url(redis_server.url)
+    yield c
+    c.close()
+
+
 # --- GitLab emulator + real docker-registry -------------------------------------------
 
 class GitLabStack:

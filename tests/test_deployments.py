@@ -45,14 +45,6 @@ def client(gitlab):
     gl.close()
 
 
-@pytest.fixture
-def store(redis_server):
-    """The suite's Redis, not emptied: the module's service may be using it."""
-    c = redis.Redis.from_url(redis_server.url)
-    yield c
-    c.close()
-
-
 def at(hours: float) -> dt.datetime:
     return T0 + dt.timedelta(hours=hours)
 

@@ -57,14 +57,6 @@ def service(redis_server, gitlab_stack, tmp_path_factory):
     svc.stop()
 
 
-@pytest.fixture
-def store(redis_server):
-    """The suite's Redis, not emptied: the module's service is using it."""
-    c = redis.Redis.from_url(redis_server.url)
-    yield c
-    c.close()
-
-
 class Branches(BuiltProject):
     """A project whose branches' pipelines push `slug`, `sha` and `short_sha` (main also `latest`) to
     the real registry; what each tag should point at is remembered."""
